@@ -1,0 +1,162 @@
+"""The metric catalog: the one place where metric names, types, labels, buckets and help live.
+
+The exporter registers exactly these metrics, and the generator's dashboards and alerts
+read the same names from here, so a renamed metric cannot leave a panel on "No data"
+or an alert that never fires.
+
+This module is pure data (no I/O, no third-party imports) so that the generator can
+import it without pulling in the telemetry SDKs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+MetricType = Literal["counter", "gauge", "histogram"]
+
+# Seconds. Tuned for a real-time service: most messages are handled in well under 10 ms,
+# the upper buckets catch stalls that users notice.
+LATENCY_BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+)
+# Bytes: from a small control frame to the default 1 MiB message limit.
+SIZE_BUCKETS: tuple[float, ...] = (
+    64, 256, 1024, 4096, 16384, 65536, 262144, 1048576,
+)
+# Seconds between a publish on one process and its arrival from the broker on another.
+BROKER_LAG_BUCKETS: tuple[float, ...] = (
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+)
+
+
+@dataclass(frozen=True)
+class Metric:
+    """One metric as exposed on /metrics.
+
+    ``name`` is the exposition name: counters carry their ``_total`` suffix here, because
+    that is what PromQL in dashboards and alerts must use. ``label_values`` documents the
+    bounded set of values each label may take (never a user id or channel name).
+    """
+
+    name: str
+    type: MetricType
+    help: str
+    labels: tuple[str, ...] = ()
+    buckets: tuple[float, ...] = ()
+    label_values: dict[str, tuple[str, ...]] = field(default_factory=dict)
+
+    @property
+    def base_name(self) -> str:
+        """The name prometheus_client expects (it appends ``_total`` to counters itself)."""
+        if self.type == "counter" and self.name.endswith("_total"):
+            return self.name[: -len("_total")]
+        return self.name
+
+
+CONNECTION_STATUSES = ("accepted", "auth_missing", "auth_failed", "origin_denied", "rate_limited", "error")
+ERROR_REASONS = (
+    "malformed", "invalid_utf8", "unknown_type", "too_large", "forbidden", "not_found",
+    "rate_limited", "slow_consumer", "broker", "internal",
+)
+MESSAGE_TYPES = (
+    "connect", "subscribe", "unsubscribe", "publish", "presence", "history", "ping",
+    "message", "join", "leave", "ack", "error", "reconnect", "other",
+)
+
+CONNECTIONS_TOTAL = Metric(
+    "websocket_connections_total", "counter",
+    "WebSocket upgrade attempts, by outcome.",
+    labels=("status",), label_values={"status": CONNECTION_STATUSES},
+)
+ACTIVE_CONNECTIONS = Metric(
+    "websocket_active_connections", "gauge",
+    "WebSocket connections currently open.",
+    labels=("namespace",),
+)
+DISCONNECTIONS_TOTAL = Metric(
+    "websocket_disconnections_total", "counter",
+    "Closed WebSocket connections, by close code (1000 normal, 1001 going away, 1006 abnormal, 4xxx application).",
+    labels=("code",),
+)
+MESSAGES_RECEIVED_TOTAL = Metric(
+    "websocket_messages_received_total", "counter",
+    "Messages received from clients, by message type.",
+    labels=("type",), label_values={"type": MESSAGE_TYPES},
+)
+MESSAGES_SENT_TOTAL = Metric(
+    "websocket_messages_sent_total", "counter",
+    "Messages sent to clients, by message type; a fan-out counts once per recipient.",
+    labels=("type",), label_values={"type": MESSAGE_TYPES},
+)
+MESSAGE_DURATION_SECONDS = Metric(
+    "websocket_message_duration_seconds", "histogram",
+    "Time from receiving a client message to finishing its handling, including fan-out.",
+    labels=("type",), buckets=LATENCY_BUCKETS, label_values={"type": MESSAGE_TYPES},
+)
+MESSAGE_SIZE_BYTES = Metric(
+    "websocket_message_size_bytes", "histogram",
+    "Size of WebSocket messages in bytes, by direction.",
+    labels=("direction",), buckets=SIZE_BUCKETS, label_values={"direction": ("in", "out")},
+)
+ERRORS_TOTAL = Metric(
+    "websocket_errors_total", "counter",
+    "Errors while handling connections and messages, by reason.",
+    labels=("reason",), label_values={"reason": ERROR_REASONS},
+)
+RATE_LIMITED_TOTAL = Metric(
+    "websocket_rate_limited_total", "counter",
+    "Messages or connections refused by a rate limit, by scope.",
+    labels=("scope",), label_values={"scope": ("connection", "ip")},
+)
+SUBSCRIPTIONS = Metric(
+    "websocket_subscriptions", "gauge",
+    "Channel subscriptions currently held, by channel namespace.",
+    labels=("namespace",),
+)
+FANOUT_MESSAGES_TOTAL = Metric(
+    "websocket_fanout_messages_total", "counter",
+    "Deliveries made by channel fan-out (one per recipient of each published message).",
+)
+BROKER_LAG_SECONDS = Metric(
+    "websocket_broker_lag_seconds", "histogram",
+    "Delay between a publish and its arrival through the broker backplane.",
+    labels=("broker",), buckets=BROKER_LAG_BUCKETS, label_values={"broker": ("memory", "redis")},
+)
+RECONNECTS_TOTAL = Metric(
+    "websocket_reconnects_total", "counter",
+    "Clients that reconnected with a last offset, by outcome (replayed or told to resync).",
+    labels=("outcome",), label_values={"outcome": ("replayed", "resync")},
+)
+TELEMETRY_DROPPED_TOTAL = Metric(
+    "websocket_telemetry_dropped_total", "counter",
+    "Telemetry records dropped because a backend was down or slow, by signal.",
+    labels=("signal",), label_values={"signal": ("logs", "spans")},
+)
+
+CATALOG: tuple[Metric, ...] = (
+    CONNECTIONS_TOTAL,
+    ACTIVE_CONNECTIONS,
+    DISCONNECTIONS_TOTAL,
+    MESSAGES_RECEIVED_TOTAL,
+    MESSAGES_SENT_TOTAL,
+    MESSAGE_DURATION_SECONDS,
+    MESSAGE_SIZE_BYTES,
+    ERRORS_TOTAL,
+    RATE_LIMITED_TOTAL,
+    SUBSCRIPTIONS,
+    FANOUT_MESSAGES_TOTAL,
+    BROKER_LAG_SECONDS,
+    RECONNECTS_TOTAL,
+    TELEMETRY_DROPPED_TOTAL,
+)
+
+BY_NAME: dict[str, Metric] = {m.name: m for m in CATALOG}
+
+
+def metric(name: str) -> Metric:
+    """The catalog entry for ``name``; a KeyError names the known metrics."""
+    try:
+        return BY_NAME[name]
+    except KeyError:
+        raise KeyError(f"{name!r} is not in the metric catalog; known: {', '.join(sorted(BY_NAME))}") from None

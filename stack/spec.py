@@ -1,0 +1,525 @@
+"""The spec model: what one obsgen.yaml says, typed, with defaults merged.
+
+Pure: no file or network I/O here. ``stack.load`` turns YAML text into this model and maps
+validation errors back to file:line; renderers read only this model (and the topology).
+
+Version 1 of the spec. A later version gets its own model module; ``version`` names it.
+"""
+
+from __future__ import annotations
+
+import re
+from functools import lru_cache
+from importlib import resources
+from typing import Annotated, Literal, Union
+
+import yaml
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+SPEC_VERSION = 1
+
+# ---------------------------------------------------------------------------------------
+# Scalars with their own rules
+# ---------------------------------------------------------------------------------------
+
+_DURATION_RE = re.compile(r"^((\d+)y)?((\d+)w)?((\d+)d)?((\d+)h)?((\d+)m)?((\d+)s)?((\d+)ms)?$")
+_UNIT_SECONDS = {"y": 365 * 86400, "w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1}
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in a Prometheus duration ("30s", "1h30m", "500ms"); ValueError when malformed."""
+    match = _DURATION_RE.match(text) if isinstance(text, str) else None
+    if not text or match is None or not any(match.groups()):
+        raise ValueError(f"{text!r} is not a duration: expected a Prometheus duration such as 30s, 5m, 1h30m, 7d")
+    seconds = 0.0
+    for unit, group in zip(("y", "w", "d", "h", "m", "s", "ms"), (2, 4, 6, 8, 10, 12, 14)):
+        value = match.group(group)
+        if value:
+            seconds += int(value) * (0.001 if unit == "ms" else _UNIT_SECONDS[unit])
+    if seconds <= 0:
+        raise ValueError(f"{text!r} must be longer than zero")
+    return seconds
+
+
+def _duration(value: str) -> str:
+    parse_duration(value)
+    return value
+
+
+def _promql(value: str) -> str:
+    # Imported lazily: promql_parser is a compiled extension and only needed when a spec has queries.
+    import promql_parser
+
+    try:
+        promql_parser.parse(value)
+    except Exception as exc:  # the parser raises ValueError or its own error type
+        raise ValueError(f"PromQL expression does not parse: {exc}") from None
+    return value
+
+
+def _windowed_promql(value: str) -> str:
+    if "$window" not in value:
+        raise ValueError("an SLO query must use [$window] as its range, e.g. sum(rate(x_total[$window]))")
+    _promql(value.replace("$window", "5m"))
+    return value
+
+
+Duration = Annotated[str, AfterValidator(_duration)]
+WindowedPromQL = Annotated[str, StringConstraints(min_length=1), AfterValidator(_windowed_promql)]
+PromQL = Annotated[str, StringConstraints(min_length=1), AfterValidator(_promql)]
+Name = Annotated[str, StringConstraints(pattern=r"^[a-z][a-z0-9-]{0,62}$")]
+AlertName = Annotated[str, StringConstraints(pattern=r"^[A-Z][A-Za-z0-9]{0,127}$")]
+LabelName = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")]
+Port = Annotated[int, Field(ge=1, le=65535)]
+Severity = Literal["critical", "warning", "info"]
+
+
+class Model(BaseModel):
+    """Base for every spec section: unknown keys are errors (the loader suggests the nearest)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+# ---------------------------------------------------------------------------------------
+# Secrets: only ever a reference to a file or an environment variable
+# ---------------------------------------------------------------------------------------
+
+
+class FileSecret(Model):
+    """A secret read from a file on the host running the stack (mounted as a compose secret)."""
+
+    file: str = Field(min_length=1, description="Path to a file holding the secret, relative to the spec.")
+
+
+class EnvSecret(Model):
+    """A secret taken from an environment variable when the stack starts."""
+
+    env: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = Field(
+        description="Name of the environment variable holding the secret."
+    )
+
+
+SecretRef = Union[FileSecret, EnvSecret]
+
+
+def _secret_ref(value: object) -> object:
+    """Refuse an inline secret with a message that says what to write instead."""
+    if isinstance(value, str):
+        raise ValueError(
+            "secrets are never written inline: give {file: path/to/secret} or {env: VARIABLE_NAME}"
+        )
+    return value
+
+
+Secret = Annotated[
+    SecretRef,
+    BeforeValidator(_secret_ref),
+    Field(description="{file: PATH} or {env: NAME}; never the secret itself."),
+]
+
+
+# ---------------------------------------------------------------------------------------
+# Services to observe
+# ---------------------------------------------------------------------------------------
+
+
+class MetricsEndpoint(Model):
+    port: Port = 8000
+    path: str = Field("/metrics", pattern=r"^/")
+    scrape_interval: Duration | None = None
+
+
+class Service(Model):
+    """A service whose metrics Prometheus scrapes and whose OTLP the collector receives."""
+
+    name: Name
+    metrics: MetricsEndpoint = MetricsEndpoint()
+    otlp: bool = Field(True, description="The service sends traces and logs over OTLP to the collector.")
+    host: str | None = Field(
+        None, description="Host to scrape; defaults to the service name (compose) or 127.0.0.1 (local)."
+    )
+    port: Port | None = Field(None, description="Port the service listens on for its own traffic (WebSocket).")
+    instances: int = Field(1, ge=1, le=64, description="Replicas to scrape (ports counted up from metrics.port).")
+    builtin: bool = Field(
+        False, description="This project's instrumented server: compose builds and runs it with a load generator."
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Stack components
+# ---------------------------------------------------------------------------------------
+
+
+class Resources(Model):
+    memory: Annotated[str, StringConstraints(pattern=r"^\d+(k|m|g|K|M|G)?$")] | None = Field(
+        None, description="Memory limit, e.g. 512m."
+    )
+    cpus: float | None = Field(None, gt=0, le=64)
+
+
+class Component(Model):
+    image: str | None = Field(None, description="Override the pinned image (stack/data/versions.yaml).")
+    ports: dict[str, Port] = Field(
+        default_factory=dict,
+        description="Override named ports (see `obsgen schema` and stack/topology.py), e.g. {http: 9091}.",
+    )
+    resources: Resources = Resources()
+
+
+class CollectorSettings(Component):
+    memory_limit_mib: int = Field(400, ge=32, description="memory_limiter limit.")
+    batch_timeout: Duration = "5s"
+
+
+class PrometheusSettings(Component):
+    retention: Duration = "15d"
+    scrape_interval: Duration = "15s"
+    evaluation_interval: Duration = "15s"
+
+
+class AlertmanagerSettings(Component):
+    pass
+
+
+class LokiSettings(Component):
+    retention: Duration = "168h"
+
+
+class JaegerSettings(Component):
+    max_traces: int = Field(100000, ge=1000, description="Traces kept by the in-memory store.")
+
+
+class GrafanaSettings(Component):
+    admin_user: str = "admin"
+    admin_password: Secret | None = Field(
+        None, description="Grafana admin password; without one, compose generates nothing and Grafana refuses to start."
+    )
+
+
+class RedisSettings(Component):
+    enabled: bool = Field(True, description="Run Redis as the server's backplane.")
+
+
+class Components(Model):
+    collector: CollectorSettings = CollectorSettings()
+    prometheus: PrometheusSettings = PrometheusSettings()
+    alertmanager: AlertmanagerSettings = AlertmanagerSettings()
+    loki: LokiSettings = LokiSettings()
+    jaeger: JaegerSettings = JaegerSettings()
+    grafana: GrafanaSettings = GrafanaSettings()
+    redis: RedisSettings = RedisSettings()
+
+
+class Publish(Model):
+    bind: str = Field(
+        "127.0.0.1", description="Host address published ports bind to; 0.0.0.0 exposes them to the network."
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Alerts
+# ---------------------------------------------------------------------------------------
+
+
+class Threshold(Model):
+    """One built-in alert's knobs. Unset fields keep the pack's defaults (alerts/pack.yaml)."""
+
+    enabled: bool = True
+    threshold: float | None = None
+    for_: Duration | None = Field(None, alias="for")
+    severity: Severity | None = None
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class CustomAlert(Model):
+    name: AlertName
+    expr: PromQL
+    for_: Duration = Field("5m", alias="for")
+    severity: Severity = "warning"
+    summary: str = Field(min_length=1, description="Static one-sentence summary.")
+    description: str = Field(min_length=1, description="May use {{ $labels.x }} and {{ $value }}.")
+    runbook: str | None = Field(None, description="Runbook text (Markdown); a page is rendered for it.")
+    labels: dict[LabelName, str] = {}
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+class Alerts(Model):
+    pack: bool = Field(True, description="Render the built-in WebSocket alert pack.")
+    thresholds: dict[str, Threshold] = Field(
+        default_factory=dict,
+        description="Overrides per built-in alert: connection_drop_rate, p99_latency, active_connections, "
+        "error_rate, target_down, ...",
+    )
+    custom: list[CustomAlert] = []
+    runbook_base_url: str | None = Field(
+        None,
+        description="Where runbooks are served; defaults to Grafana's public folder in the bundle "
+        "(runbooks/ under the rendered output).",
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# SLOs
+# ---------------------------------------------------------------------------------------
+
+
+class EventsSLI(Model):
+    """Ratio SLI: bad events over all events, as PromQL rate expressions over [$window]."""
+
+    error_query: WindowedPromQL = Field(
+        description="Bad events per second, with [$window] as range: sum(rate(x_errors_total[$window]))."
+    )
+    total_query: WindowedPromQL = Field(description="All events per second, with [$window] as range.")
+
+
+class LatencySLI(Model):
+    """Latency SLI from a catalog histogram: requests slower than threshold are bad."""
+
+    metric: str = Field("websocket_message_duration_seconds", description="A histogram from the metric catalog.")
+    threshold_seconds: float = Field(gt=0, description="Must be one of the histogram's bucket bounds.")
+    selector: str = Field("", description='Extra label matchers, e.g. type="publish".')
+
+
+class SLO(Model):
+    name: Name
+    objective: float = Field(gt=0, lt=100, description="Target in percent, e.g. 99.9.")
+    window: Duration = "30d"
+    description: str = ""
+    events: EventsSLI | None = None
+    latency: LatencySLI | None = None
+    page_severity: Severity = "critical"
+    ticket_severity: Severity = "warning"
+
+    @model_validator(mode="after")
+    def _one_sli(self) -> "SLO":
+        if (self.events is None) == (self.latency is None):
+            raise ValueError("an SLO needs exactly one of `events` (error_query, total_query) or `latency`")
+        return self
+
+
+# ---------------------------------------------------------------------------------------
+# Notifications
+# ---------------------------------------------------------------------------------------
+
+
+class SlackReceiver(Model):
+    type: Literal["slack"]
+    name: Name
+    channel: str = Field(pattern=r"^[#@]?[\w.-]+$")
+    api_url: Secret
+    send_resolved: bool = True
+
+
+class PagerDutyReceiver(Model):
+    type: Literal["pagerduty"]
+    name: Name
+    routing_key: Secret
+    send_resolved: bool = True
+
+
+class WebhookReceiver(Model):
+    type: Literal["webhook"]
+    name: Name
+    url: str | None = Field(None, description="Webhook URL without credentials (e.g. an in-cluster receiver).")
+    url_secret: Secret | None = Field(None, description="The URL as a secret, when it carries a token.")
+    send_resolved: bool = True
+    max_alerts: int = Field(0, ge=0)
+
+    @model_validator(mode="after")
+    def _one_url(self) -> "WebhookReceiver":
+        if (self.url is None) == (self.url_secret is None):
+            raise ValueError("a webhook receiver needs exactly one of `url` or `url_secret`")
+        if self.url is not None and re.search(r"//[^/@]*:[^/@]*@|[?&](token|key|secret|password)=", self.url, re.I):
+            raise ValueError("this webhook url carries credentials: give it as url_secret: {file: ...} or {env: ...}")
+        return self
+
+
+class EmailReceiver(Model):
+    type: Literal["email"]
+    name: Name
+    to: str = Field(pattern=r"^[^@\s]+@[^@\s]+$")
+    sender: str = Field(alias="from", pattern=r"^[^@\s]+@[^@\s]+$")
+    smarthost: str = Field(pattern=r"^[^:\s]+:\d+$")
+    auth_username: str | None = None
+    auth_password: Secret | None = None
+    require_tls: bool = True
+    send_resolved: bool = True
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+
+Receiver = Annotated[
+    Union[SlackReceiver, PagerDutyReceiver, WebhookReceiver, EmailReceiver], Field(discriminator="type")
+]
+
+
+class Route(Model):
+    receiver: Name
+    matchers: list[str] = Field(
+        default_factory=list, description='Alertmanager matchers, e.g. severity="critical".'
+    )
+    group_by: list[str] | None = None
+    continue_: bool = Field(False, alias="continue")
+    group_wait: Duration | None = None
+    group_interval: Duration | None = None
+    repeat_interval: Duration | None = None
+    routes: list["Route"] = []
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @field_validator("matchers")
+    @classmethod
+    def _matchers(cls, values: list[str]) -> list[str]:
+        for value in values:
+            if not re.match(r'^\s*[a-zA-Z_][a-zA-Z0-9_]*\s*(=|!=|=~|!~)\s*"?[^"]*"?\s*$', value):
+                raise ValueError(f"{value!r} is not a matcher: expected name=\"value\" (or !=, =~, !~)")
+        return values
+
+
+class Inhibition(Model):
+    source_matchers: list[str]
+    target_matchers: list[str]
+    equal: list[str] = ["alertname"]
+
+
+class Notifications(Model):
+    receivers: list[Receiver] = []
+    route: Route | None = Field(
+        None, description="Route tree; defaults to critical -> first pager, everything else -> first receiver."
+    )
+    group_by: list[str] = ["alertname", "service", "severity"]
+    group_wait: Duration = "30s"
+    group_interval: Duration = "5m"
+    repeat_interval: Duration = "4h"
+    resolve_timeout: Duration = "5m"
+    inhibit: list[Inhibition] | None = Field(
+        None, description="Inhibitions; default: a critical alert mutes the warning of the same name and service."
+    )
+
+
+# ---------------------------------------------------------------------------------------
+# Dashboards
+# ---------------------------------------------------------------------------------------
+
+
+class Panel(Model):
+    title: str = Field(min_length=1)
+    expr: PromQL
+    type: Literal["timeseries", "stat", "gauge", "bargauge", "table"] = "timeseries"
+    unit: str = "short"
+    legend: str = ""
+
+
+class CustomDashboard(Model):
+    title: str = Field(min_length=1)
+    uid: Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9_-]{1,40}$")] | None = None
+    panels: list[Panel] = Field(min_length=1)
+
+
+class Dashboards(Model):
+    builtin: bool = Field(True, description="Render the built-in WebSocket dashboards.")
+    custom: list[CustomDashboard] = []
+
+
+# ---------------------------------------------------------------------------------------
+# The whole spec
+# ---------------------------------------------------------------------------------------
+
+
+class Spec(Model):
+    version: Literal[1] = Field(description="Spec format version; this obsgen reads version 1.")
+    project: Name
+    target: Literal["compose", "local"] = "compose"
+    services: list[Service] = Field(min_length=1)
+    components: Components = Components()
+    publish: Publish = Publish()
+    alerts: Alerts = Alerts()
+    slos: list[SLO] = []
+    notifications: Notifications = Notifications()
+    dashboards: Dashboards = Dashboards()
+
+    @model_validator(mode="after")
+    def _known_ports(self) -> "Spec":
+        from stack.topology import PORTS  # the port table is topology data; the check belongs to the spec
+
+        for component, known in PORTS.items():
+            settings = getattr(self.components, component, None)
+            for port_name in getattr(settings, "ports", {}) or {}:
+                if port_name not in known:
+                    raise ValueError(
+                        f"components.{component}.ports: unknown port {port_name!r}; known: {', '.join(sorted(known))}"
+                    )
+        return self
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> "Spec":
+        _unique("services", [s.name for s in self.services])
+        _unique("slos", [s.name for s in self.slos])
+        _unique("alerts.custom", [a.name for a in self.alerts.custom])
+        _unique("notifications.receivers", [r.name for r in self.notifications.receivers])
+        _unique("dashboards.custom", [d.title for d in self.dashboards.custom])
+        receivers = {r.name for r in self.notifications.receivers}
+        for route in _walk_routes(self.notifications.route):
+            if route.receiver not in receivers:
+                raise ValueError(
+                    f"route receiver {route.receiver!r} is not defined in notifications.receivers "
+                    f"(defined: {', '.join(sorted(receivers)) or 'none'})"
+                )
+        return self
+
+
+def _unique(where: str, names: list[str]) -> None:
+    seen: set[str] = set()
+    for name in names:
+        if name in seen:
+            raise ValueError(f"duplicate name {name!r} in {where}")
+        seen.add(name)
+
+
+def _walk_routes(route: Route | None):
+    if route is None:
+        return
+    yield route
+    for child in route.routes:
+        yield from _walk_routes(child)
+
+
+# ---------------------------------------------------------------------------------------
+# Pinned versions (data, checked on load)
+# ---------------------------------------------------------------------------------------
+
+COMPONENT_NAMES = ("collector", "prometheus", "alertmanager", "loki", "jaeger", "grafana", "redis", "server")
+
+
+class Pin(Model):
+    image: str = Field(pattern=r"^[\w./-]+:[\w.-]+$")
+    version: str
+
+
+@lru_cache(maxsize=1)
+def pinned_versions() -> dict[str, Pin]:
+    """Pinned images and versions from stack/data/versions.yaml, checked on load."""
+    text = resources.files("stack").joinpath("data/versions.yaml").read_text(encoding="utf-8")
+    raw = yaml.safe_load(text)
+    missing = [name for name in COMPONENT_NAMES if name not in raw]
+    if missing:
+        raise RuntimeError(f"stack/data/versions.yaml lacks pins for: {', '.join(missing)}")
+    return {name: Pin.model_validate(raw[name]) for name in COMPONENT_NAMES}
+
+
+def image_for(spec: Spec, component: str) -> str:
+    """The image a component runs: the spec's override, else the pinned default."""
+    settings = getattr(spec.components, component, None)
+    override = getattr(settings, "image", None) if settings is not None else None
+    return override or pinned_versions()[component].image

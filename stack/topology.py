@@ -1,0 +1,128 @@
+"""Where every component lives for a target: hosts, named ports, paths.
+
+``compose`` and ``local`` differ only here. Compose: containers reach each other by service
+name, listen on 0.0.0.0 inside their network, and read configs from fixed container paths.
+Local: native binaries on 127.0.0.1, each on its own port (the collector's and Jaeger's OTLP
+ports would clash), run by ``obsgen up`` with the bundle root as working directory so that
+relative paths in the bundle resolve the same way they do in containers' mounts.
+
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from stack.spec import Service, Spec
+
+# Named ports per component: (compose, local). Container ports are the images' defaults.
+PORTS: dict[str, dict[str, tuple[int, int]]] = {
+    "collector": {
+        "otlp_grpc": (4317, 4317),
+        "otlp_http": (4318, 4318),
+        "metrics": (8888, 8888),        # the collector's own telemetry
+        "prometheus": (8889, 8889),     # the prometheus exporter Prometheus scrapes
+        "health": (13133, 13133),
+    },
+    "prometheus": {"http": (9090, 9090)},
+    "alertmanager": {"http": (9093, 9093), "cluster": (9094, 9094)},
+    "loki": {"http": (3100, 3100), "grpc": (9095, 9095)},
+    "jaeger": {
+        "query": (16686, 16686),
+        "otlp_grpc": (4317, 14317),
+        "otlp_http": (4318, 14318),
+        "health": (13133, 13134),
+        "metrics": (8888, 18888),
+    },
+    "grafana": {"http": (3000, 3000)},
+    "redis": {"redis": (6379, 6379)},
+}
+
+# Ports published on the host in the compose target (what a person opens or a client reaches).
+PUBLISHED: dict[str, tuple[str, ...]] = {
+    "collector": ("otlp_grpc", "otlp_http"),
+    "prometheus": ("http",),
+    "alertmanager": ("http",),
+    "loki": ("http",),
+    "jaeger": ("query",),
+    "grafana": ("http",),
+}
+
+# Container paths where each component's configuration is mounted (compose target).
+CONFIG_DIRS: dict[str, str] = {
+    "collector": "/etc/otelcol",
+    "prometheus": "/etc/prometheus",
+    "alertmanager": "/etc/alertmanager",
+    "loki": "/etc/loki",
+    "jaeger": "/etc/jaeger",
+    "grafana": "/etc/grafana/provisioning",
+}
+
+
+@dataclass(frozen=True)
+class Topology:
+    spec: Spec
+
+    @property
+    def target(self) -> str:
+        return self.spec.target
+
+    @property
+    def local(self) -> bool:
+        return self.spec.target == "local"
+
+    @property
+    def listen_host(self) -> str:
+        """Address servers bind to: every interface inside a container, loopback natively."""
+        return "127.0.0.1" if self.local else "0.0.0.0"
+
+    def host(self, component: str) -> str:
+        """How other components reach ``component``."""
+        return "127.0.0.1" if self.local else component
+
+    def port(self, component: str, name: str) -> int:
+        """A named port: the spec's override, else the target's default."""
+        settings = getattr(self.spec.components, component, None)
+        override = (getattr(settings, "ports", None) or {}).get(name)
+        if override is not None:
+            return override
+        compose_port, local_port = PORTS[component][name]
+        return local_port if self.local else compose_port
+
+    def address(self, component: str, name: str) -> str:
+        """host:port another component dials."""
+        return f"{self.host(component)}:{self.port(component, name)}"
+
+    def listen(self, component: str, name: str) -> str:
+        """host:port ``component`` binds for its named port."""
+        return f"{self.listen_host}:{self.port(component, name)}"
+
+    def url(self, component: str, name: str, path: str = "") -> str:
+        return f"http://{self.address(component, name)}{path}"
+
+    def config_dir(self, component: str) -> str:
+        """Where a component's files are, as the component sees them."""
+        return component if self.local else CONFIG_DIRS[component]
+
+    def data_dir(self, component: str) -> str:
+        """Where a component keeps its data: a named volume in compose, ./data/<c> locally."""
+        return f"data/{component}" if self.local else f"/var/lib/{component}"
+
+    def service_host(self, service: Service) -> str:
+        if service.host:
+            return service.host
+        return "127.0.0.1" if self.local else service.name
+
+    def service_metrics_targets(self, service: Service) -> list[str]:
+        """host:port of every instance's metrics endpoint (instances count up from metrics.port)."""
+        host = self.service_host(service)
+        return [f"{host}:{service.metrics.port + i}" for i in range(service.instances)]
+
+    def secret_path(self, name: str) -> str:
+        """Where a component reads the secret ``name``: compose secrets, or secrets/ locally.
+
+        Locally, ``obsgen up`` materialises each secret from its file or environment reference
+        into ``secrets/<name>`` (mode 0600) before starting anything; the rendered bundle itself
+        never holds a secret value.
+        """
+        return f"secrets/{name}" if self.local else f"/run/secrets/{name}"
