@@ -79,6 +79,10 @@ class NoopTelemetry:
     def inject(self, carrier: MutableMapping[str, str]) -> None:
         """Write the current trace context (traceparent, tracestate) into ``carrier``."""
 
+    def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
+        """The /metrics body and its content type (OpenMetrics when ``accept`` asks, for exemplars)."""
+        return b"", "text/plain; version=0.0.4; charset=utf-8"
+
     def shutdown(self, timeout_seconds: float = 5.0) -> None:
         """Flush and stop exporters within ``timeout_seconds``."""
 
