@@ -413,23 +413,61 @@ class Notifications(Model):
 # ---------------------------------------------------------------------------------------
 
 
+# Grafana variables a dashboard query may use. The duration ones become a duration, every other
+# $name / ${name} / ${name:format} becomes a plain identifier, so the query can be parsed as PromQL.
+_GRAFANA_DURATIONS = re.compile(r"\$\{?(__rate_interval|__interval|__range)\}?(?![\w:])")
+_GRAFANA_NUMBERS = re.compile(r"\$\{?(__interval_ms|__range_s|__range_ms)\}?(?!\w)")
+_GRAFANA_VARIABLE = re.compile(r"\$\{[A-Za-z_]\w*(?::[\w-]+)?\}|\$[A-Za-z_]\w*")
+
+
+def grafana_promql_for_parsing(expr: str) -> str:
+    """A Grafana panel query with its variables replaced by values PromQL accepts."""
+    expr = _GRAFANA_DURATIONS.sub("5m", expr)
+    expr = _GRAFANA_NUMBERS.sub("60", expr)
+    return _GRAFANA_VARIABLE.sub("grafana_variable", expr)
+
+
+def _grafana_promql(value: str) -> str:
+    _promql(grafana_promql_for_parsing(value))
+    return value
+
+
+GrafanaPromQL = Annotated[str, StringConstraints(min_length=1), AfterValidator(_grafana_promql)]
+DashboardUid = Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9_-]{1,40}$")]
+
+
 class Panel(Model):
     title: str = Field(min_length=1)
-    expr: PromQL
+    expr: GrafanaPromQL = Field(
+        description="PromQL; may use Grafana variables: $__rate_interval, $__interval, $datasource."
+    )
     type: Literal["timeseries", "stat", "gauge", "bargauge", "table"] = "timeseries"
-    unit: str = "short"
-    legend: str = ""
+    unit: str = Field("short", description="Grafana unit id, e.g. short, s, ms, bytes, reqps, percentunit.")
+    legend: str = Field("", description="Legend format, e.g. {{instance}}.")
+    width: int = Field(12, ge=1, le=24, description="Width in grid columns (24 is the full width).")
+    description: str = ""
 
 
 class CustomDashboard(Model):
     title: str = Field(min_length=1)
-    uid: Annotated[str, StringConstraints(pattern=r"^[a-zA-Z0-9_-]{1,40}$")] | None = None
+    uid: DashboardUid | None = Field(
+        None, description="Grafana dashboard uid (at most 40 of a-z A-Z 0-9 _ -); derived from the title when unset."
+    )
     panels: list[Panel] = Field(min_length=1)
 
 
 class Dashboards(Model):
     builtin: bool = Field(True, description="Render the built-in WebSocket dashboards.")
     custom: list[CustomDashboard] = []
+
+    @model_validator(mode="after")
+    def _unique_uids(self) -> "Dashboards":
+        seen: set[str] = set()
+        for dashboard in self.custom:
+            if dashboard.uid is not None and dashboard.uid in seen:
+                raise ValueError(f"duplicate dashboard uid {dashboard.uid!r} in dashboards.custom")
+            seen.add(dashboard.uid)
+        return self
 
 
 # ---------------------------------------------------------------------------------------
