@@ -8,6 +8,7 @@ Version 1 of the spec. A later version gets its own model module; ``version`` na
 
 from __future__ import annotations
 
+import posixpath
 import re
 from functools import lru_cache
 from importlib import resources
@@ -19,11 +20,16 @@ from pydantic import (
     BaseModel,
     BeforeValidator,
     ConfigDict,
+    Discriminator,
     Field,
     StringConstraints,
+    Tag,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
+
+from stack.errors import KeyPathError
 
 SPEC_VERSION = 1
 
@@ -99,6 +105,15 @@ class FileSecret(Model):
 
     file: str = Field(min_length=1, description="Path to a file holding the secret, relative to the spec.")
 
+    @field_validator("file")
+    @classmethod
+    def _relative_to_spec(cls, value: str, info: ValidationInfo) -> str:
+        # The loader passes the spec's directory: a relative path means "next to the spec".
+        base_dir = (info.context or {}).get("base_dir")
+        if base_dir and not posixpath.isabs(value) and not value.startswith("~"):
+            return posixpath.normpath(posixpath.join(base_dir, value))
+        return value
+
 
 class EnvSecret(Model):
     """A secret taken from an environment variable when the stack starts."""
@@ -108,15 +123,27 @@ class EnvSecret(Model):
     )
 
 
-SecretRef = Union[FileSecret, EnvSecret]
+def _secret_kind(value: object) -> str | None:
+    if isinstance(value, dict):
+        return "FileSecret" if "file" in value else "EnvSecret" if "env" in value else None
+    return "FileSecret" if isinstance(value, FileSecret) else "EnvSecret" if isinstance(value, EnvSecret) else None
+
+
+# Tagged by which key is present, so a mistake is reported once, against the form the user chose.
+SecretRef = Annotated[
+    Union[Annotated[FileSecret, Tag("FileSecret")], Annotated[EnvSecret, Tag("EnvSecret")]],
+    Discriminator(_secret_kind),
+]
 
 
 def _secret_ref(value: object) -> object:
     """Refuse an inline secret with a message that says what to write instead."""
-    if isinstance(value, str):
+    if isinstance(value, (str, int, float)) and not isinstance(value, bool):
         raise ValueError(
             "secrets are never written inline: give {file: path/to/secret} or {env: VARIABLE_NAME}"
         )
+    if isinstance(value, dict) and ("file" in value) == ("env" in value):
+        raise ValueError("expected exactly one of {file: path/to/secret} or {env: VARIABLE_NAME}")
     return value
 
 
@@ -341,7 +368,9 @@ class WebhookReceiver(Model):
         if (self.url is None) == (self.url_secret is None):
             raise ValueError("a webhook receiver needs exactly one of `url` or `url_secret`")
         if self.url is not None and re.search(r"//[^/@]*:[^/@]*@|[?&](token|key|secret|password)=", self.url, re.I):
-            raise ValueError("this webhook url carries credentials: give it as url_secret: {file: ...} or {env: ...}")
+            raise KeyPathError(
+                [(("url",), "this webhook url carries credentials: give it as url_secret: {file: ...} or {env: ...}")]
+            )
         return self
 
 
@@ -491,38 +520,54 @@ class Spec(Model):
     def _known_ports(self) -> "Spec":
         from stack.topology import PORTS  # the port table is topology data; the check belongs to the spec
 
+        problems = []
         for component, known in PORTS.items():
             settings = getattr(self.components, component, None)
             for port_name in getattr(settings, "ports", {}) or {}:
                 if port_name not in known:
-                    raise ValueError(
-                        f"components.{component}.ports: unknown port {port_name!r}; known: {', '.join(sorted(known))}"
-                    )
+                    problems.append((
+                        ("components", component, "ports", port_name),
+                        f"unknown port {port_name!r}; known: {', '.join(sorted(known))}",
+                    ))
+        if problems:
+            raise KeyPathError(problems)
         return self
 
     @model_validator(mode="after")
     def _unique_names(self) -> "Spec":
-        _unique("services", [s.name for s in self.services])
-        _unique("slos", [s.name for s in self.slos])
-        _unique("alerts.custom", [a.name for a in self.alerts.custom])
-        _unique("notifications.receivers", [r.name for r in self.notifications.receivers])
-        _unique("dashboards.custom", [d.title for d in self.dashboards.custom])
+        problems = [
+            *_duplicates(("services",), "name", [s.name for s in self.services]),
+            *_duplicates(("slos",), "name", [s.name for s in self.slos]),
+            *_duplicates(("alerts", "custom"), "name", [a.name for a in self.alerts.custom]),
+            *_duplicates(("notifications", "receivers"), "name", [r.name for r in self.notifications.receivers]),
+            *_duplicates(("dashboards", "custom"), "title", [d.title for d in self.dashboards.custom]),
+        ]
         receivers = {r.name for r in self.notifications.receivers}
-        for route in _walk_routes(self.notifications.route):
+        for path, route in _routes_with_paths(self.notifications.route, ("notifications", "route")):
             if route.receiver not in receivers:
-                raise ValueError(
-                    f"route receiver {route.receiver!r} is not defined in notifications.receivers "
-                    f"(defined: {', '.join(sorted(receivers)) or 'none'})"
-                )
+                problems.append((
+                    (*path, "receiver"),
+                    f"receiver {route.receiver!r} is not defined in notifications.receivers "
+                    f"(defined: {', '.join(sorted(receivers)) or 'none'})",
+                ))
+        if problems:
+            raise KeyPathError(problems)
         return self
 
 
-def _unique(where: str, names: list[str]) -> None:
-    seen: set[str] = set()
-    for name in names:
-        if name in seen:
-            raise ValueError(f"duplicate name {name!r} in {where}")
-        seen.add(name)
+def _duplicates(section: tuple[str, ...], key: str, names: list[str]) -> list[tuple[tuple, str]]:
+    """A problem for every repeat of a name, pointing at the repeat and naming the first."""
+    first: dict[str, int] = {}
+    problems = []
+    for index, name in enumerate(names):
+        if name is None:
+            continue
+        if name in first:
+            where = ".".join(section)
+            problems.append(((*section, index, key), f"duplicate {key} {name!r}: already used by {where}[{first[name]}]"))
+        else:
+            first[name] = index
+    return problems
 
 
 def _walk_routes(route: Route | None):
@@ -531,6 +576,15 @@ def _walk_routes(route: Route | None):
     yield route
     for child in route.routes:
         yield from _walk_routes(child)
+
+
+def _routes_with_paths(route: Route | None, path: tuple = ()):
+    """Every route in the tree with its key path."""
+    if route is None:
+        return
+    yield path, route
+    for index, child in enumerate(route.routes):
+        yield from _routes_with_paths(child, (*path, "routes", index))
 
 
 # ---------------------------------------------------------------------------------------
