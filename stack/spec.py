@@ -144,6 +144,8 @@ def _secret_ref(value: object) -> object:
         )
     if isinstance(value, dict) and ("file" in value) == ("env" in value):
         raise ValueError("expected exactly one of {file: path/to/secret} or {env: VARIABLE_NAME}")
+    if not isinstance(value, (dict, FileSecret, EnvSecret)):
+        raise ValueError("expected {file: path/to/secret} or {env: VARIABLE_NAME}")
     return value
 
 
