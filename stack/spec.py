@@ -204,9 +204,31 @@ class Component(Model):
     resources: Resources = Resources()
 
 
+def memory_mib(text: str) -> float:
+    """MiB in a docker memory size ("512m", "1g", "1048576")."""
+    scale = {"k": 1 / 1024, "m": 1, "g": 1024}.get(text[-1].lower())
+    return int(text[:-1]) * scale if scale else int(text) / (1024 * 1024)
+
+
 class CollectorSettings(Component):
     memory_limit_mib: int = Field(400, ge=32, description="memory_limiter limit.")
     batch_timeout: Duration = "5s"
+    debug: bool = Field(
+        False,
+        description="Also print a summary of every batch to the collector's log (debug exporter, basic "
+        "verbosity): for troubleshooting a pipeline, not for production.",
+    )
+
+    @model_validator(mode="after")
+    def _limit_below_container(self) -> "CollectorSettings":
+        # The limiter must act before the container's OOM killer does.
+        if self.resources.memory and self.memory_limit_mib >= memory_mib(self.resources.memory):
+            raise KeyPathError([(
+                ("memory_limit_mib",),
+                f"memory_limit_mib ({self.memory_limit_mib}) must be below the container memory limit "
+                f"resources.memory ({self.resources.memory}), or the collector is killed before it sheds load",
+            )])
+        return self
 
 
 class PrometheusSettings(Component):
@@ -220,7 +242,14 @@ class AlertmanagerSettings(Component):
 
 
 class LokiSettings(Component):
-    retention: Duration = "168h"
+    retention: Duration = Field("168h", description="How long logs are kept; at least 24h (Loki deletes whole daily index tables).")
+
+    @field_validator("retention")
+    @classmethod
+    def _whole_days(cls, value: str) -> str:
+        if parse_duration(value) < 86400:
+            raise ValueError(f"{value!r} is shorter than 24h: Loki applies retention per daily index table")
+        return value
 
 
 class JaegerSettings(Component):
@@ -230,7 +259,9 @@ class JaegerSettings(Component):
 class GrafanaSettings(Component):
     admin_user: str = "admin"
     admin_password: Secret | None = Field(
-        None, description="Grafana admin password; without one, compose generates nothing and Grafana refuses to start."
+        None,
+        description="Grafana admin password. Without one, compose reads it from the environment variable "
+        "GRAFANA_ADMIN_PASSWORD when the stack starts (and refuses to start Grafana when it is unset).",
     )
 
 
@@ -531,6 +562,15 @@ class Spec(Model):
                         ("components", component, "ports", port_name),
                         f"unknown port {port_name!r}; known: {', '.join(sorted(known))}",
                     ))
+        if problems:
+            raise KeyPathError(problems)
+        return self
+
+    @model_validator(mode="after")
+    def _free_ports(self) -> "Spec":
+        from stack.topology import port_conflicts  # which ports share an address is topology knowledge
+
+        problems = port_conflicts(self)
         if problems:
             raise KeyPathError(problems)
         return self

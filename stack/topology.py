@@ -28,7 +28,8 @@ PORTS: dict[str, dict[str, tuple[int, int]]] = {
     "alertmanager": {"http": (9093, 9093), "cluster": (9094, 9094)},
     "loki": {"http": (3100, 3100), "grpc": (9095, 9095)},
     "jaeger": {
-        "query": (16686, 16686),
+        "query": (16686, 16686),        # UI and HTTP query API
+        "query_grpc": (16685, 16685),   # gRPC query API (binds all interfaces unless told otherwise)
         "otlp_grpc": (4317, 14317),
         "otlp_http": (4318, 14318),
         "health": (13133, 13134),
@@ -56,6 +57,17 @@ CONFIG_DIRS: dict[str, str] = {
     "loki": "/etc/loki",
     "jaeger": "/etc/jaeger",
     "grafana": "/etc/grafana/provisioning",
+}
+
+
+# Where each component keeps its data in its container: the directory its image creates and
+# owns for its non-root user, so a named volume mounted there inherits that ownership (a volume
+# on a path the image lacks is created root-owned and the component cannot write to it).
+DATA_DIRS: dict[str, str] = {
+    "prometheus": "/prometheus",
+    "alertmanager": "/alertmanager",
+    "loki": "/loki",
+    "grafana": "/var/lib/grafana",
 }
 
 
@@ -106,7 +118,7 @@ class Topology:
 
     def data_dir(self, component: str) -> str:
         """Where a component keeps its data: a named volume in compose, ./data/<c> locally."""
-        return f"data/{component}" if self.local else f"/var/lib/{component}"
+        return f"data/{component}" if self.local else DATA_DIRS.get(component, f"/var/lib/{component}")
 
     def service_host(self, service: Service) -> str:
         if service.host:
@@ -126,3 +138,67 @@ class Topology:
         never holds a secret value.
         """
         return f"secrets/{name}" if self.local else f"/run/secrets/{name}"
+
+
+# ---------------------------------------------------------------------------------------
+# Port conflicts: checked on the spec, so a clash is a located spec error, not a stack that
+# fails to start.
+# ---------------------------------------------------------------------------------------
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _component_runs(spec: Spec, component: str) -> bool:
+    settings = getattr(spec.components, component, None)
+    return getattr(settings, "enabled", True)
+
+
+def port_conflicts(spec: Spec) -> list[tuple[tuple, str]]:
+    """(key path, message) for every port two owners would bind on the same host address.
+
+    Local target: every component and every service without its own host listens on 127.0.0.1,
+    so all their ports must differ. Compose target: each container has its own address, so only
+    the ports published on the host (``publish.bind``) must differ.
+    """
+    topology = Topology(spec)
+    owners: dict[int, list[tuple[str, tuple]]] = {}
+
+    def claim(port: int, owner: str, path: tuple) -> None:
+        entries = owners.setdefault(port, [])
+        # One owner may use a port for two names (a server's WebSocket and /metrics on one port).
+        if all(existing != owner for existing, _ in entries):
+            entries.append((owner, path))
+
+    for component, names in PORTS.items():
+        if not _component_runs(spec, component):
+            continue
+        settings = getattr(spec.components, component)
+        for name in names:
+            if not topology.local and name not in PUBLISHED.get(component, ()):
+                continue
+            path = ("components", component, "ports", name) if name in settings.ports else ("components", component)
+            claim(topology.port(component, name), f"{component}.{name}", path)
+    for index, service in enumerate(spec.services):
+        if topology.local and (service.host or "127.0.0.1") not in _LOOPBACK:
+            continue  # scraped on another host
+        if not topology.local and not service.builtin:
+            continue  # runs outside compose: publishes nothing here
+        if topology.local:
+            for instance in range(service.instances):
+                suffix = f"[{instance}]" if service.instances > 1 else ""
+                claim(service.metrics.port + instance, f"service {service.name}{suffix}",
+                      ("services", index, "metrics", "port"))
+        if service.port is not None:
+            claim(service.port, f"service {service.name}", ("services", index, "port"))
+
+    where = "the local target (every component listens on 127.0.0.1)" if topology.local else (
+        f"the ports compose publishes on {spec.publish.bind}"
+    )
+    problems = []
+    for port, entries in sorted(owners.items()):
+        if len(entries) < 2:
+            continue
+        names = ", ".join(owner for owner, _ in entries)
+        for owner, path in entries[1:]:
+            problems.append((path, f"port {port} is used by {names} in {where}: give {owner} another port"))
+    return problems
