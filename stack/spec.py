@@ -89,6 +89,21 @@ Port = Annotated[int, Field(ge=1, le=65535)]
 Severity = Literal["critical", "warning", "info"]
 
 
+def _duplicates(section: tuple[str, ...], key: str, names: list[str]) -> list[tuple[tuple, str]]:
+    """A problem for every repeat of a name, pointing at the repeat and naming the first."""
+    first: dict[str, int] = {}
+    problems = []
+    for index, name in enumerate(names):
+        if name is None:
+            continue
+        if name in first:
+            where = ".".join(section)
+            problems.append(((*section, index, key), f"duplicate {key} {name!r}: already used by {where}[{first[name]}]"))
+        else:
+            first[name] = index
+    return problems
+
+
 class Model(BaseModel):
     """Base for every spec section: unknown keys are errors (the loader suggests the nearest)."""
 
@@ -524,11 +539,9 @@ class Dashboards(Model):
 
     @model_validator(mode="after")
     def _unique_uids(self) -> "Dashboards":
-        seen: set[str] = set()
-        for dashboard in self.custom:
-            if dashboard.uid is not None and dashboard.uid in seen:
-                raise ValueError(f"duplicate dashboard uid {dashboard.uid!r} in dashboards.custom")
-            seen.add(dashboard.uid)
+        problems = _duplicates(("custom",), "uid", [d.uid for d in self.custom])
+        if problems:
+            raise KeyPathError(problems)
         return self
 
 
@@ -595,21 +608,6 @@ class Spec(Model):
         if problems:
             raise KeyPathError(problems)
         return self
-
-
-def _duplicates(section: tuple[str, ...], key: str, names: list[str]) -> list[tuple[tuple, str]]:
-    """A problem for every repeat of a name, pointing at the repeat and naming the first."""
-    first: dict[str, int] = {}
-    problems = []
-    for index, name in enumerate(names):
-        if name is None:
-            continue
-        if name in first:
-            where = ".".join(section)
-            problems.append(((*section, index, key), f"duplicate {key} {name!r}: already used by {where}[{first[name]}]"))
-        else:
-            first[name] = index
-    return problems
 
 
 def _walk_routes(route: Route | None):
