@@ -540,6 +540,18 @@ class Dashboards(Model):
     @model_validator(mode="after")
     def _unique_uids(self) -> "Dashboards":
         problems = _duplicates(("custom",), "uid", [d.uid for d in self.custom])
+        if self.builtin:
+            # Dashboard definitions are component data; the clash is the spec's to report.
+            from stack.renderers.dashboards import builtin_uids, dashboard_uid
+
+            taken = builtin_uids()
+            for index, dashboard in enumerate(self.custom):
+                uid = dashboard.uid or dashboard_uid(dashboard.title)
+                if uid in taken:
+                    key = "uid" if dashboard.uid else "title"
+                    problems.append(
+                        (("custom", index, key), f"uid {uid!r} is taken by the built-in dashboard {taken[uid]!r}; choose another {key}")
+                    )
         if problems:
             raise KeyPathError(problems)
         return self
