@@ -1,0 +1,225 @@
+"""The `obsgen` command: render, init, schema, check.
+
+Exit codes: 0 ok; 1 drift (render --check) or a failed check; 2 a bad spec or bad usage
+(nothing written); 3 an internal error (a bug in obsgen: please report it). A user's mistake
+never ends in a traceback.
+
+Each command is one function taking the parsed arguments and returning the exit code; a new
+command (e.g. `obsgen up` / `obsgen down`) adds its parser in ``build_parser`` and its function.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+from importlib import metadata, resources
+from pathlib import Path
+from typing import Sequence, TextIO
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
+DEFAULT_INIT_PATH = "obsgen.yaml"
+
+
+class UsageError(Exception):
+    """Bad command-line use: printed as one line, exit 2."""
+
+
+# ---------------------------------------------------------------------------------------
+# Commands
+# ---------------------------------------------------------------------------------------
+
+
+def cmd_render(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from stack.render import render_bundle
+    from stack.write import check_drift, write_bundle
+
+    spec, spec_name = _load(args.spec)
+    if args.target and args.target != spec.target:
+        spec = spec.model_copy(update={"target": args.target})
+    bundle = render_bundle(spec)
+    if args.check:
+        drift = check_drift(bundle, args.out)
+        if drift:
+            for item in drift:
+                print(f"{item.kind:8} {item.path}", file=out)
+            print(
+                f"obsgen: {len(drift)} file(s) in {args.out} differ from what {spec_name} renders "
+                f"(target {spec.target}); run `obsgen render` without --check to update",
+                file=err,
+            )
+            return EXIT_FAILED
+        print(f"obsgen: {args.out} is up to date ({len(bundle)} files, target {spec.target})", file=out)
+        return EXIT_OK
+    written = write_bundle(bundle, args.out)
+    print(
+        f"obsgen: rendered {len(bundle)} files for {spec.project} (target {spec.target}) into {written}",
+        file=out,
+    )
+    return EXIT_OK
+
+
+def cmd_init(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    path = Path(args.path)
+    if path.exists() and not args.force:
+        raise UsageError(f"{path} already exists; pass --force to overwrite it")
+    if path.is_dir():
+        raise UsageError(f"{path} is a directory; give a file name such as {path / DEFAULT_INIT_PATH}")
+    text = resources.files("stack").joinpath("data/starter.yaml").read_text(encoding="utf-8")
+    _write_text_atomically(path, text)
+    print(f"obsgen: wrote {path}; next: obsgen render {path} --out stack", file=out)
+    return EXIT_OK
+
+
+def cmd_schema(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    print(json.dumps(spec_json_schema(), indent=2, sort_keys=False), file=out)
+    return EXIT_OK
+
+
+def cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from stack.check import format_report, run_checks
+
+    bundle_dir = Path(args.dir)
+    if not bundle_dir.is_dir():
+        raise UsageError(f"{bundle_dir} is not a directory (render a bundle first: obsgen render --out {bundle_dir})")
+    results = run_checks(bundle_dir)
+    print(format_report(results), file=out)
+    failed = [r for r in results if r.status == "failed"]
+    skipped = [r for r in results if r.status == "skipped"]
+    if args.strict and skipped:
+        print(f"obsgen: {len(skipped)} check(s) skipped and --strict was given", file=err)
+        return EXIT_FAILED
+    return EXIT_FAILED if failed else EXIT_OK
+
+
+def spec_json_schema() -> dict:
+    from stack.spec import Spec
+
+    schema = Spec.model_json_schema()
+    return {
+        "$schema": "https://json-schema.org/draft/2020-12/schema",
+        "$id": "https://obsgen.dev/schema/spec-v1.json",
+        "title": "obsgen spec, version 1",
+        **{key: value for key, value in schema.items() if key != "title"},
+    }
+
+
+# ---------------------------------------------------------------------------------------
+# Parsing and running
+# ---------------------------------------------------------------------------------------
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse exits 2 with its own message; we only make it raise so tests can catch it."""
+
+    def error(self, message: str):  # noqa: D401 - argparse's signature
+        raise UsageError(f"{self.format_usage().rstrip()}\n{self.prog}: error: {message}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(
+        prog="obsgen",
+        description="One YAML spec in, a whole observability stack out.",
+    )
+    parser.add_argument("--version", action="version", version=f"obsgen {_version()}")
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    commands.required = True
+
+    render = commands.add_parser(
+        "render", help="render the stack's configs from a spec",
+        description="Render every config of the stack from SPEC (the embedded default when omitted).",
+    )
+    render.add_argument("spec", nargs="?", metavar="SPEC", help="spec file ('-' for stdin); default: the embedded demo spec")
+    render.add_argument("--out", "-o", required=True, metavar="DIR", help="bundle directory (replaced as a whole)")
+    render.add_argument("--target", choices=("compose", "local"), help="override the spec's target")
+    render.add_argument("--check", action="store_true", help="write nothing; exit 1 listing every file that differs")
+    render.set_defaults(func=cmd_render)
+
+    init = commands.add_parser("init", help="write a commented starter spec")
+    init.add_argument("path", nargs="?", default=DEFAULT_INIT_PATH, metavar="PATH", help=f"default: {DEFAULT_INIT_PATH}")
+    init.add_argument("--force", action="store_true", help="overwrite an existing file")
+    init.set_defaults(func=cmd_init)
+
+    schema = commands.add_parser("schema", help="print the spec's JSON Schema (for editors)")
+    schema.set_defaults(func=cmd_schema)
+
+    check = commands.add_parser(
+        "check", help="run every validator found on PATH over a rendered bundle",
+        description="Run the real tools (promtool, amtool, otelcol, jaeger, loki, docker-compose) and "
+        "obsgen's own checks over a rendered bundle; absent tools are listed as skipped.",
+    )
+    check.add_argument("dir", metavar="DIR", help="a rendered bundle")
+    check.add_argument("--strict", action="store_true", help="exit 1 when any check was skipped")
+    check.set_defaults(func=cmd_check)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: TextIO | None = None) -> int:
+    from stack.errors import RenderError, SpecError
+    from stack.write import BundleWriteError
+
+    out = out or sys.stdout
+    err = err or sys.stderr
+    try:
+        args = build_parser().parse_args(argv)
+        return args.func(args, out, err)
+    except SpecError as exc:
+        for issue in exc.issues:
+            print(str(issue), file=err)
+        count = len(exc.issues)
+        print(f"obsgen: {count} problem{'s' if count != 1 else ''} in the spec; nothing written", file=err)
+        return EXIT_USAGE
+    except (UsageError, BundleWriteError) as exc:
+        text = str(exc)
+        print(text if text.startswith(("obsgen", "usage:")) else f"obsgen: {text}", file=err)
+        return EXIT_USAGE
+    except RenderError as exc:
+        print(f"obsgen: internal error, please report it: {exc}", file=err)
+        return EXIT_INTERNAL
+    except KeyboardInterrupt:
+        print("obsgen: interrupted", file=err)
+        return 130
+    except SystemExit as exc:  # --help and --version
+        return int(exc.code or 0) if isinstance(exc.code, int) or exc.code is None else EXIT_USAGE
+    except BrokenPipeError:
+        return EXIT_OK  # `obsgen schema | head`: the reader left, nothing is wrong
+
+
+def _load(spec_arg: str | None):
+    from stack.load import DEFAULT_SPEC_NAME, load_default_spec, load_spec, load_spec_file
+
+    if spec_arg is None:
+        return load_default_spec(), DEFAULT_SPEC_NAME
+    if spec_arg == "-":
+        return load_spec(sys.stdin.read(), "<stdin>", base_dir=os.getcwd()), "<stdin>"
+    return load_spec_file(spec_arg), spec_arg
+
+
+def _write_text_atomically(path: Path, text: str) -> None:
+    directory = path.parent if str(path.parent) else Path(".")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd, temp = tempfile.mkstemp(prefix=f".{path.name}.", dir=directory)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                handle.write(text)
+            os.chmod(temp, 0o644)
+            os.replace(temp, path)
+        except BaseException:
+            os.unlink(temp)
+            raise
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror}") from None
+
+
+def _version() -> str:
+    try:
+        return metadata.version("obsgen")
+    except metadata.PackageNotFoundError:
+        return "unknown"
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m stack.cli`
+    sys.exit(main())
