@@ -540,7 +540,7 @@ class Dashboards(Model):
     @model_validator(mode="after")
     def _unique_uids(self) -> "Dashboards":
         problems = _duplicates(("custom",), "uid", [d.uid for d in self.custom])
-        if self.builtin:
+        if self.builtin and self.custom:
             # Dashboard definitions are component data; the clash is the spec's to report.
             from stack.renderers.dashboards import builtin_uids, dashboard_uid
 
