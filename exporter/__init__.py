@@ -1,17 +1,24 @@
 """Telemetry for `websockets` services: Prometheus metrics, OpenTelemetry spans, structured logs.
 
-Importing this package is cheap: the SDKs load only when ``instrument()`` is called, so the
-generator can read ``exporter.catalog`` without them.
+Importing this package is cheap: the SDKs load only when ``instrument()`` (or
+``instrument_server()``) is called, so the generator can read ``exporter.catalog`` without them.
 """
 
 from exporter.hooks import NoopTelemetry, Span
 
-__all__ = ["NoopTelemetry", "Span", "instrument"]
+__all__ = ["NoopTelemetry", "Span", "broadcast", "instrument", "instrument_server"]
+
+_LAZY = {
+    "instrument": ("exporter.instrument", "instrument"),
+    "instrument_server": ("exporter.server", "instrument_server"),
+    "broadcast": ("exporter.server", "broadcast"),
+}
 
 
 def __getattr__(name: str):
-    if name == "instrument":
-        from exporter.instrument import instrument
+    if name in _LAZY:
+        import importlib
 
-        return instrument
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
     raise AttributeError(name)

@@ -1,0 +1,191 @@
+"""The Prometheus side: every catalog metric registered as declared, exposition bytes, promtool."""
+
+from __future__ import annotations
+
+import math
+import subprocess
+
+import pytest
+from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.exposition import generate_latest
+from prometheus_client.parser import text_string_to_metric_families
+
+from exporter import catalog
+from exporter.metrics import MAX_OPEN_LABEL_VALUES, WeightedObserver
+from tests.conftest import require_binary
+
+
+def instrumented(**kwargs):
+    from exporter.instrument import instrument
+
+    return instrument("metrics-test", environ={}, log_stdout=False, logger="tests.exporter.metrics", **kwargs)
+
+
+def exercise_every_hook(t) -> None:
+    t.connection_opened("chat")
+    t.connection_rejected("auth_failed")
+    t.connection_closed("chat", 1000)
+    t.reconnect("replayed")
+    t.message_received("publish", 120)
+    t.message_handled("publish", 0.003)
+    t.messages_sent("message", 3, 100)
+    t.fanout(3)
+    t.error("malformed")
+    t.rate_limited("ip")
+    t.subscriptions_changed("chat", 1)
+    t.broker_lag("redis", 0.002)
+    t.count_dropped_logs(1)
+    t.count_dropped_spans(1)
+
+
+@pytest.fixture
+def telemetry():
+    t = instrumented()
+    yield t
+    t.shutdown(1)
+
+
+def families(text: str) -> dict:
+    return {f.name: f for f in text_string_to_metric_families(text)}
+
+
+def test_every_catalog_metric_is_registered_as_declared(telemetry):
+    exercise_every_hook(telemetry)  # open labels (namespace, code) have series once used
+    parsed = families(telemetry.exposition()[0].decode())
+    for metric in catalog.CATALOG:
+        family = parsed[metric.base_name]
+        assert family.type == metric.type, metric.name
+        assert family.documentation == metric.help, metric.name
+        names = {s.name for s in family.samples}
+        if metric.type == "counter":
+            assert names == {metric.name}, metric.name
+        if metric.type == "histogram":
+            assert names == {metric.name + "_bucket", metric.name + "_count", metric.name + "_sum"}
+            bounds = sorted({float(s.labels["le"]) for s in family.samples if s.name.endswith("_bucket")})
+            assert bounds == [*map(float, metric.buckets), math.inf], metric.name
+        for sample in family.samples:
+            assert set(sample.labels) - {"le"} == set(metric.labels), (metric.name, sample.labels)
+    assert {m.base_name for m in catalog.CATALOG} == set(parsed)
+
+
+def test_declared_label_values_exist_at_zero_from_the_start(telemetry):
+    parsed = families(telemetry.exposition()[0].decode())
+    sent = {s.labels["type"]: s.value for s in parsed["websocket_messages_sent"].samples}
+    assert sent == {t: 0.0 for t in catalog.MESSAGE_TYPES}
+
+
+def test_exposition_bytes_after_a_fanout(telemetry):
+    telemetry.messages_sent("message", 1000, 100)
+    telemetry.fanout(1000)
+    text = telemetry.exposition()[0].decode()
+    lines = [line for line in text.splitlines()
+             if line.startswith(("websocket_fanout_messages_total", 'websocket_messages_sent_total{type="message"}'))
+             or ('direction="out"' in line)]
+    assert lines == [
+        'websocket_messages_sent_total{type="message"} 1000.0',
+        'websocket_message_size_bytes_bucket{direction="out",le="64.0"} 0.0',
+        'websocket_message_size_bytes_bucket{direction="out",le="256.0"} 1000.0',
+        'websocket_message_size_bytes_bucket{direction="out",le="1024.0"} 1000.0',
+        'websocket_message_size_bytes_bucket{direction="out",le="4096.0"} 1000.0',
+        'websocket_message_size_bytes_bucket{direction="out",le="16384.0"} 1000.0',
+        'websocket_message_size_bytes_bucket{direction="out",le="65536.0"} 1000.0',
+        'websocket_message_size_bytes_bucket{direction="out",le="262144.0"} 1000.0',
+        'websocket_message_size_bytes_bucket{direction="out",le="1.048576e+06"} 1000.0',
+        'websocket_message_size_bytes_bucket{direction="out",le="+Inf"} 1000.0',
+        'websocket_message_size_bytes_count{direction="out"} 1000.0',
+        'websocket_message_size_bytes_sum{direction="out"} 100000.0',
+        "websocket_fanout_messages_total 1000.0",
+    ]
+
+
+def test_two_instances_do_not_share_a_registry():
+    a, b = instrumented(), instrumented()
+    try:
+        a.fanout(5)
+        assert b"websocket_fanout_messages_total 0.0" in b.exposition()[0]
+        assert b"websocket_fanout_messages_total 5.0" in a.exposition()[0]
+        assert a.registry is not b.registry
+    finally:
+        a.shutdown(1)
+        b.shutdown(1)
+
+
+def test_exposition_is_deterministic_without_created_series(telemetry):
+    exercise_every_hook(telemetry)
+    first, second = telemetry.exposition()[0], telemetry.exposition()[0]
+    assert first == second
+    assert b"_created" not in first
+
+
+def test_weighted_observation_equals_repeated_observe():
+    """WeightedObserver writes what N calls of Histogram.observe would (it uses client internals)."""
+    buckets = catalog.SIZE_BUCKETS
+    values = [0, 1, 64, 65, 1024, 1048576, 5_000_000, 300.5]
+    expected_registry, actual_registry = CollectorRegistry(), CollectorRegistry()
+    expected = Histogram("h", "h", buckets=buckets, registry=expected_registry)
+    observe = WeightedObserver(Histogram("h", "h", buckets=buckets, registry=actual_registry))
+    for weight, value in enumerate(values, start=1):
+        for _ in range(weight):
+            expected.observe(value)
+        observe(value, weight)
+    observe(float("nan"), 3)  # ignored rather than poisoning the sum
+
+    def body(registry):
+        return b"\n".join(line for line in generate_latest(registry).splitlines() if b"_created" not in line)
+
+    assert body(actual_registry) == body(expected_registry)
+
+
+def test_unknown_label_values_stay_bounded(telemetry):
+    telemetry.message_received("no-such-type", 10)
+    telemetry.error("no-such-reason")
+    telemetry.connection_rejected("no-such-status")
+    for code in range(3000, 3000 + MAX_OPEN_LABEL_VALUES + 50):
+        telemetry.connection_closed("chat", code)
+    parsed = families(telemetry.exposition()[0].decode())
+    received = {s.labels["type"]: s.value for s in parsed["websocket_messages_received"].samples}
+    assert received["other"] == 1 and "no-such-type" not in received
+    errors = {s.labels["reason"]: s.value for s in parsed["websocket_errors"].samples}
+    assert errors["internal"] == 1 and "no-such-reason" not in errors
+    statuses = {s.labels["status"]: s.value for s in parsed["websocket_connections"].samples}
+    assert statuses["error"] == 1
+    codes = {s.labels["code"]: s.value for s in parsed["websocket_disconnections"].samples}
+    assert len(codes) == MAX_OPEN_LABEL_VALUES + 1
+    assert codes["other"] == 50
+    assert sum(codes.values()) == MAX_OPEN_LABEL_VALUES + 50
+
+
+def test_hooks_never_raise_into_the_service(telemetry, caplog):
+    telemetry.message_received("publish", "not a size")  # a bug in the caller, not a crash
+    telemetry.subscriptions_changed("chat", None)
+    telemetry.messages_sent("message", -4, 10)  # ignored: counters only go up
+    assert b'websocket_messages_sent_total{type="message"} 0.0' in telemetry.exposition()[0]
+    assert any("telemetry hook" in r.getMessage() for r in caplog.records)
+
+
+@pytest.mark.parametrize("accept,content_type", [
+    (None, "text/plain; version=0.0.4; charset=utf-8"),
+    ("text/plain", "text/plain; version=0.0.4; charset=utf-8"),
+    ("application/openmetrics-text; version=1.0.0,text/plain;version=0.0.4;q=0.5",
+     "application/openmetrics-text; version=1.0.0; charset=utf-8; escaping=underscores"),
+])
+def test_content_negotiation(telemetry, accept, content_type):
+    body, served = telemetry.exposition(accept)
+    assert served == content_type
+    assert body.endswith(b"# EOF\n") == served.startswith("application/openmetrics-text")
+
+
+def test_promtool_check_metrics_is_clean(telemetry):
+    promtool = require_binary("promtool")
+    exercise_every_hook(telemetry)
+    body = telemetry.exposition()[0]
+    result = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=60)
+    assert result.returncode == 0 and result.stdout == b"" and result.stderr == b"", (result.stdout, result.stderr)
+
+
+def test_promtool_complains_about_a_bad_metric():
+    """The check above can fail: the same lint rejects a counter without _total."""
+    promtool = require_binary("promtool")
+    body = b"# HELP websocket_bad_count\n# TYPE websocket_bad_count counter\nwebsocket_bad_count 1\n"
+    result = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=60)
+    assert result.returncode != 0 and (result.stdout or result.stderr)
