@@ -592,10 +592,11 @@ class Spec(Model):
         return self
 
     @model_validator(mode="after")
-    def _free_ports(self) -> "Spec":
-        from stack.topology import port_conflicts  # which ports share an address is topology knowledge
+    def _fits_topology(self) -> "Spec":
+        # Which ports share an address and which names are hosts is topology knowledge.
+        from stack.topology import port_conflicts, service_conflicts
 
-        problems = port_conflicts(self)
+        problems = [*service_conflicts(self), *port_conflicts(self)]
         if problems:
             raise KeyPathError(problems)
         return self

@@ -202,3 +202,31 @@ def port_conflicts(spec: Spec) -> list[tuple[tuple, str]]:
         for owner, path in entries[1:]:
             problems.append((path, f"port {port} is used by {names} in {where}: give {owner} another port"))
     return problems
+
+
+# Names compose gives its own containers (besides the components in PORTS).
+RESERVED_SERVICE_NAMES = ("secrets",)
+
+
+def service_conflicts(spec: Spec) -> list[tuple[tuple, str]]:
+    """(key path, message) for services the topology cannot place as written.
+
+    A service's name is its host in compose, so it may not be a stack component's name. The
+    built-in server serves WebSocket and /metrics on one port, so for it the two must be equal.
+    """
+    taken = {*PORTS, *RESERVED_SERVICE_NAMES}
+    builtin = {s.name for s in spec.services if s.builtin}
+    problems = []
+    for index, service in enumerate(spec.services):
+        if service.name in taken:
+            problems.append((("services", index, "name"),
+                             f"{service.name!r} is the name of a stack component; choose another service name"))
+        if service.name.endswith("-loadgen") and service.name[: -len("-loadgen")] in builtin:
+            problems.append((("services", index, "name"),
+                             f"{service.name!r} is the name compose gives the load generator of "
+                             f"{service.name[: -len('-loadgen')]!r}; choose another service name"))
+        if service.builtin and service.port is not None and service.port != service.metrics.port:
+            problems.append((("services", index, "port"),
+                             f"the built-in server serves /metrics on its WebSocket port: port ({service.port}) "
+                             f"must equal metrics.port ({service.metrics.port})"))
+    return problems
