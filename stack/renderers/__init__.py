@@ -21,4 +21,5 @@ Bundle layout (agreed by all renderers and by ``obsgen check`` / ``obsgen up``):
 
 # Each renderer's author adds its module name here when the module lands.
 RENDERERS: tuple[str, ...] = (
+    "grafana",
 )
