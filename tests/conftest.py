@@ -85,3 +85,37 @@ def processes():
     finally:
         for proc in reversed(registry.started):
             stop_process(proc)
+
+
+class RedisServer:
+    """A throwaway ``redis-server`` on 127.0.0.1 (no persistence), which a test may kill and restart."""
+
+    def __init__(self, processes, directory: Path) -> None:
+        self._processes = processes
+        self._directory = directory
+        self.binary = require_binary("redis-server")
+        self.port = free_port()
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> "RedisServer":
+        argv = [self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+                "--appendonly", "no", "--dir", str(self._directory)]
+        self.proc = self._processes.start(argv)
+        wait_for_port(self.port, proc=self.proc)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL, like a crash: no goodbye to clients, and (without persistence) all data gone."""
+        assert self.proc is not None
+        self.proc.kill()
+        self.proc.wait(timeout=10)
+
+
+@pytest.fixture
+def redis_server(processes, tmp_path) -> RedisServer:
+    """A running ``redis-server`` on a free port; skipped (failed under CI=true) when not installed."""
+    return RedisServer(processes, tmp_path).start()
