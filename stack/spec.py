@@ -584,7 +584,7 @@ class Spec(Model):
             for port_name in getattr(settings, "ports", {}) or {}:
                 if port_name not in known:
                     problems.append((
-                        ("components", component, "ports", port_name),
+                        ("components", component, "ports", port_name, "[key]"),
                         f"unknown port {port_name!r}; known: {', '.join(sorted(known))}",
                     ))
         if problems:
