@@ -18,6 +18,8 @@ def format_key_path(path: Sequence[str | int]) -> str:
     """``("notifications", "receivers", 0, "api_url")`` -> ``notifications.receivers[0].api_url``."""
     text = ""
     for part in path:
+        if part == "[key]":
+            continue  # pydantic's marker for "the mapping key itself", not a step
         if isinstance(part, int):
             text += f"[{part}]"
         else:

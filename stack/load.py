@@ -114,8 +114,11 @@ def _parse_yaml(text: str, filename: str) -> tuple[yaml.Node | None, Any]:
         return root, data
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
-        problem = " ".join(part for part in (exc.context, exc.problem) if part)
-        if isinstance(exc, yaml.composer.ComposerError) and "single document" in problem:
+        problem = exc.problem or exc.context or "malformed"
+        if exc.context and exc.context_mark and exc.problem_mark and exc.context_mark.line != mark.line:
+            # "while parsing a flow sequence" started elsewhere: say where, it is often the culprit
+            problem += f" ({exc.context} at line {exc.context_mark.line + 1}, column {exc.context_mark.column + 1})"
+        if isinstance(exc, yaml.composer.ComposerError) and "single document" in (exc.context or ""):
             problem = "expected a single YAML document, found more than one (remove the extra '---')"
         line, column = (mark.line + 1, mark.column + 1) if mark else (None, None)
         raise SpecError([SpecIssue(filename, line, column, "(yaml)", f"invalid YAML: {problem}")]) from None
