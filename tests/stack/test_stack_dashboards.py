@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import json
 import re
+import time
+import urllib.request
 
 import promql_parser
 import pytest
+import yaml
 
 from exporter import catalog
 from stack.renderers import dashboards as dash
 from stack.renderers import grafana
 from stack.spec import Spec, grafana_promql_for_parsing
 from stack.topology import Topology
+from tests.conftest import free_port, require_binary, wait_for_port
 
 SPEC = {
     "version": 1,
@@ -435,3 +440,130 @@ def test_definition_format_is_checked_on_load():
     )
     with pytest.raises(dash.DashboardDefinitionError, match="panel 'p', query A: query does not parse"):
         dash.build_dashboard(broken, [])
+
+
+# ---------------------------------------------------------------------------------------
+# Third-party names (stack health) checked against the running components
+# ---------------------------------------------------------------------------------------
+
+
+def declared_stack_metrics(prefixes: tuple[str, ...]) -> set[str]:
+    (definition,) = [d for d in dash.builtin_definitions() if d.title == "Observability stack health"]
+    names = {name for name in definition.metrics.values() if name.startswith(prefixes)}
+    assert names
+    return names
+
+
+def poll(fetch, done, timeout: float = 20.0):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = fetch()
+        if done(value) or time.monotonic() > deadline:
+            return value
+        time.sleep(0.25)
+
+
+def http_get(url: str) -> str:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return response.read().decode()
+    except OSError:
+        return ""
+
+
+def http_post_json(url: str, body: dict) -> None:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}, method="POST"
+    )
+    with urllib.request.urlopen(request, timeout=5) as response:
+        assert response.status == 200
+
+
+@pytest.mark.e2e
+def test_collector_metric_names_exist_on_a_running_collector(tmp_path, processes):
+    otelcol = require_binary("otelcol")
+    otlp_port, metrics_port, closed_port = free_port(), free_port(), free_port()
+    config = {
+        "receivers": {"otlp": {"protocols": {"http": {"endpoint": f"127.0.0.1:{otlp_port}"}}}},
+        # debug succeeds (sent), otlp_http to a closed port fails (send_failed) through its queue
+        "exporters": {
+            "debug": {},
+            "otlp_http": {"endpoint": f"http://127.0.0.1:{closed_port}", "retry_on_failure": {"enabled": False}},
+        },
+        "service": {
+            "telemetry": {
+                "metrics": {
+                    "readers": [
+                        {"pull": {"exporter": {"prometheus": {"host": "127.0.0.1", "port": metrics_port}}}}
+                    ]
+                }
+            },
+            "pipelines": {
+                "traces": {"receivers": ["otlp"], "exporters": ["debug", "otlp_http"]},
+                "logs": {"receivers": ["otlp"], "exporters": ["debug", "otlp_http"]},
+            },
+        },
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    proc = processes.start([otelcol, "--config", str(tmp_path / "config.yaml")])
+    wait_for_port(otlp_port, proc=proc)
+    wait_for_port(metrics_port, proc=proc)
+    resource = {"attributes": [{"key": "service.name", "value": {"stringValue": "probe"}}]}
+    span = {
+        "traceId": "4bf92f3577b34da6a3ce929d0e0e4736", "spanId": "00f067aa0ba902b7", "name": "probe", "kind": 1,
+        "startTimeUnixNano": "1700000000000000000", "endTimeUnixNano": "1700000001000000000",
+    }
+    log = {"timeUnixNano": "1700000000000000000", "body": {"stringValue": "probe"}}
+    http_post_json(
+        f"http://127.0.0.1:{otlp_port}/v1/traces",
+        {"resourceSpans": [{"resource": resource, "scopeSpans": [{"spans": [span]}]}]},
+    )
+    http_post_json(
+        f"http://127.0.0.1:{otlp_port}/v1/logs",
+        {"resourceLogs": [{"resource": resource, "scopeLogs": [{"logRecords": [log]}]}]},
+    )
+    expected = declared_stack_metrics(("otelcol_",))
+
+    def exposed(text: str) -> set[str]:
+        return set(re.findall(r"^# TYPE (\w+) ", text, re.M))
+
+    text = poll(lambda: http_get(f"http://127.0.0.1:{metrics_port}/metrics"), lambda t: expected <= exposed(t))
+    assert expected <= exposed(text), f"not exposed by otelcol: {sorted(expected - exposed(text))}"
+
+
+@pytest.mark.e2e
+def test_prometheus_and_alertmanager_metric_names_exist_in_a_running_prometheus(tmp_path, processes):
+    prometheus = require_binary("prometheus")
+    alertmanager = require_binary("prometheus-alertmanager")
+    prom_port, am_port, am_cluster = free_port(), free_port(), free_port()
+    (tmp_path / "am.yml").write_text(yaml.safe_dump({"route": {"receiver": "null"}, "receivers": [{"name": "null"}]}))
+    am = processes.start([
+        alertmanager, f"--config.file={tmp_path / 'am.yml'}", f"--storage.path={tmp_path / 'am'}",
+        f"--web.listen-address=127.0.0.1:{am_port}", f"--cluster.listen-address=127.0.0.1:{am_cluster}",
+    ])
+    wait_for_port(am_port, proc=am)
+    (tmp_path / "rules.yml").write_text(yaml.safe_dump(
+        {"groups": [{"name": "probe", "rules": [{"alert": "Probe", "expr": "vector(1)"}]}]}
+    ))
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump({
+        "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
+        "rule_files": [str(tmp_path / "rules.yml")],
+        "alerting": {"alertmanagers": [{"static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]}]},
+        "scrape_configs": [
+            {"job_name": "prometheus", "static_configs": [{"targets": [f"127.0.0.1:{prom_port}"]}]},
+            {"job_name": "alertmanager", "static_configs": [{"targets": [f"127.0.0.1:{am_port}"]}]},
+        ],
+    }))
+    prom = processes.start([
+        prometheus, f"--config.file={tmp_path / 'prometheus.yml'}", f"--storage.tsdb.path={tmp_path / 'data'}",
+        f"--web.listen-address=127.0.0.1:{prom_port}",
+    ])
+    wait_for_port(prom_port, proc=prom)
+    expected = declared_stack_metrics(("prometheus_", "alertmanager_", "up"))
+
+    def stored() -> set[str]:
+        text = http_get(f"http://127.0.0.1:{prom_port}/api/v1/label/__name__/values")
+        return set(json.loads(text)["data"]) if text else set()
+
+    names = poll(stored, lambda n: expected <= n)
+    assert expected <= names, f"not stored by Prometheus: {sorted(expected - names)}"
