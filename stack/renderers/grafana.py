@@ -52,8 +52,6 @@ def datasources(topology: Topology) -> dict:
     """The datasource provisioning document (before ``$`` escaping)."""
     return {
         "apiVersion": 1,
-        # Datasources removed from this file are removed from Grafana too.
-        "prune": True,
         "datasources": [
             {
                 "name": PROMETHEUS["name"],
@@ -80,7 +78,7 @@ def datasources(topology: Topology) -> dict:
                 "url": topology.url("loki", "http"),
                 "editable": False,
                 "jsonData": {
-                    "maxLines": 1000,
+                    "maxLines": "1000",
                     "derivedFields": [
                         # OTLP logs: the collector sends trace_id, Loki keeps it as structured metadata.
                         {
