@@ -12,7 +12,9 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import sys
 import time
+import types
 import weakref
 from typing import Any, ContextManager, Mapping, MutableMapping
 
@@ -360,3 +362,14 @@ def instrument(
     log_setup = logging_module.LogSetup(logger, settings.service_name, stdout=log_stdout, shipper=shipper, level=level)
 
     return Telemetry(settings, logger=logger, metrics=metrics, tracing=tracing, log_setup=log_setup)
+
+
+class _CallableModule(types.ModuleType):
+    """Importing ``exporter.instrument`` makes it an attribute of the package, hiding the lazy
+    ``exporter.instrument`` function; a callable module keeps ``exporter.instrument(...)`` working."""
+
+    def __call__(self, *args, **kwargs):
+        return instrument(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

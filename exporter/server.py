@@ -125,6 +125,8 @@ class InstrumentedHandler:
             body, content_type = self.telemetry.exposition(request.headers.get("Accept"))
             response = connection.respond(200, "")
             response.body = body
+            # Headers is a multi-dict: replace the plain-text values respond() wrote.
+            del response.headers["Content-Type"], response.headers["Content-Length"]
             response.headers["Content-Type"] = content_type
             response.headers["Content-Length"] = str(len(body))
             return response
