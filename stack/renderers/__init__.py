@@ -22,4 +22,7 @@ Bundle layout (agreed by all renderers and by ``obsgen check`` / ``obsgen up``):
 # Each renderer's author adds its module name here when the module lands.
 RENDERERS: tuple[str, ...] = (
     "grafana",
+    "collector",
+    "loki",
+    "jaeger",
 )
