@@ -192,7 +192,12 @@ class SpanScope:
         self._kind = kind
 
     def __enter__(self) -> SpanHandle:
-        parent_ctx = PROPAGATOR.extract(self._parent) if self._parent is not None else None
+        parent_ctx = None
+        if self._parent is not None:
+            try:
+                parent_ctx = PROPAGATOR.extract(self._parent)
+            except Exception:  # metadata from a client is untrusted input: a bad carrier starts a new trace
+                parent_ctx = otel_context.Context()
         otel_span = self._tracer.start_span(
             self._name, context=parent_ctx, kind=KINDS.get(self._kind, SpanKind.INTERNAL),
             attributes=self._attributes,

@@ -287,3 +287,15 @@ def test_no_endpoint_means_no_tracing_and_no_network():
 def test_disabled_returns_noop_telemetry():
     t = make(environ={"OTEL_SDK_DISABLED": "true", "OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:9"})
     assert type(t) is NoopTelemetry and t.enabled is False
+
+
+@pytest.mark.parametrize("carrier", [
+    {"traceparent": "00-not-a-trace-0"},
+    {"traceparent": 42},
+    "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+])
+def test_a_bad_carrier_from_a_client_starts_a_new_trace(traced, carrier):
+    t, spans = traced
+    with t.span("publish", parent=carrier) as span:
+        assert span.trace_id is not None
+    assert finished(t, spans)["publish"].parent is None
