@@ -309,12 +309,45 @@ class Threshold(Model):
     """One built-in alert's knobs. Unset fields keep the pack's defaults (alerts/pack.yaml)."""
 
     enabled: bool = True
-    threshold: float | None = None
+    threshold: float | None = Field(None, description="The (warning) level, in the alert's unit (see docs/alerts.md).")
+    critical: float | None = Field(
+        None, description="The critical level of a warning+critical pair (connection_drop_rate, p99_latency, error_rate)."
+    )
     for_: Duration | None = Field(None, alias="for")
-    severity: Severity | None = None
+    severity: Severity | None = Field(None, description="Severity of the alert (of its lower level, for a pair).")
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
 
+
+class SeriesInput(Model):
+    """One promtool input series."""
+
+    series: str = Field(min_length=1, description='A series, e.g. http_errors_total{job="api"}.')
+    values: str = Field(
+        pattern=r"^\s*[-+0-9a-zA-Z_. ]+$", description="promtool's expanding notation, e.g. '0+10x30' or '1x20'."
+    )
+
+    @field_validator("series")
+    @classmethod
+    def _series(cls, value: str) -> str:
+        _promql(value)
+        return value
+
+
+class CustomAlertTest(Model):
+    """A promtool unit test for a custom alert: input under which it fires, and one where it stays silent."""
+
+    interval: Duration = "1m"
+    input: list[SeriesInput] = Field(min_length=1, description="Series under which the alert fires.")
+    eval_time: Duration = Field("15m", description="When to look; later than `for` after the condition starts.")
+    labels: dict[LabelName, str] = Field(
+        default_factory=dict,
+        description="Labels the firing alert carries from its expression (besides alertname, severity and `labels`).",
+    )
+    description: str | None = Field(None, description="The description as it renders for the firing alert.")
+    silent_input: list[SeriesInput] = Field(
+        default_factory=list, description="Series under which it stays silent (default: none, zero traffic)."
+    )
 
 class CustomAlert(Model):
     name: AlertName
@@ -325,8 +358,20 @@ class CustomAlert(Model):
     description: str = Field(min_length=1, description="May use {{ $labels.x }} and {{ $value }}.")
     runbook: str | None = Field(None, description="Runbook text (Markdown); a page is rendered for it.")
     labels: dict[LabelName, str] = {}
+    tests: CustomAlertTest | None = Field(
+        None,
+        description="Input series under which the alert fires, for its promtool unit test; without it only "
+        "the zero-traffic (no series) case is tested.",
+    )
 
     model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    @model_validator(mode="after")
+    def _testable_description(self) -> "CustomAlert":
+        if self.tests is not None and self.tests.description is None and "{{" in self.description:
+            raise KeyPathError([(("tests", "description"),
+                                 "the description is templated: give it as it renders for the firing test case")])
+        return self
 
 
 class Alerts(Model):
@@ -341,7 +386,29 @@ class Alerts(Model):
         None,
         description="Where runbooks are served; defaults to Grafana's public folder in the bundle "
         "(runbooks/ under the rendered output).",
+        pattern=r"^https?://\S+$",
     )
+
+    @model_validator(mode="after")
+    def _known_alerts(self) -> "Alerts":
+        # The pack is component data (alerts/pack.yaml); checking overrides against it is the spec's job.
+        from alerts.pack import SLO_ABSENT_SUFFIX, SLO_BURN_SUFFIX, check_overrides, load_pack
+
+        problems = []
+        for message in check_overrides(self.thresholds):
+            key, _, text = message.partition(": ")
+            key, _, field = key.partition(".")
+            problems.append((("thresholds", key, *([field] if field else ["[key]"])), text))
+        builtin = load_pack().alert_names()
+        for index, alert in enumerate(self.custom):
+            if alert.name in builtin:
+                problems.append((("custom", index, "name"), f"{alert.name!r} is a built-in alert; choose another name"))
+            elif alert.name.endswith((SLO_BURN_SUFFIX, SLO_ABSENT_SUFFIX)):
+                problems.append((("custom", index, "name"),
+                                 f"names ending in {SLO_BURN_SUFFIX} or {SLO_ABSENT_SUFFIX} are kept for SLO alerts"))
+        if problems:
+            raise KeyPathError(problems)
+        return self
 
 
 # ---------------------------------------------------------------------------------------
@@ -365,6 +432,29 @@ class LatencySLI(Model):
     threshold_seconds: float = Field(gt=0, description="Must be one of the histogram's bucket bounds.")
     selector: str = Field("", description='Extra label matchers, e.g. type="publish".')
 
+    @model_validator(mode="after")
+    def _catalog_bucket(self) -> "LatencySLI":
+        from exporter.catalog import BY_NAME
+
+        histograms = sorted(name for name, m in BY_NAME.items() if m.type == "histogram")
+        metric = BY_NAME.get(self.metric)
+        if metric is None or metric.type != "histogram":
+            raise KeyPathError([(("metric",), f"{self.metric!r} is not a histogram of the metric catalog; "
+                                              f"choose one of {', '.join(histograms)}")])
+        if self.threshold_seconds not in metric.buckets:
+            bounds = ", ".join(f"{b:g}" for b in metric.buckets)
+            raise KeyPathError([(("threshold_seconds",),
+                                 f"{self.threshold_seconds:g} is not a bucket bound of {self.metric}: "
+                                 f"the SLI counts requests in the bucket le=<threshold>; choose one of {bounds}")])
+        if self.selector:
+            try:
+                _promql(f"{self.metric}_count{{{self.selector}}}")
+            except ValueError as exc:
+                raise KeyPathError([(("selector",), f"not label matchers such as type=\"publish\": {exc}")]) from None
+            if re.search(r"(^|[,{\s])le\s*(=|!=|=~|!~)", self.selector):
+                raise KeyPathError([(("selector",), "the le label is chosen by threshold_seconds; leave it out")])
+        return self
+
 
 class SLO(Model):
     name: Name
@@ -380,6 +470,17 @@ class SLO(Model):
     def _one_sli(self) -> "SLO":
         if (self.events is None) == (self.latency is None):
             raise ValueError("an SLO needs exactly one of `events` (error_query, total_query) or `latency`")
+        return self
+
+    @model_validator(mode="after")
+    def _long_enough(self) -> "SLO":
+        from alerts.pack import load_slo_settings  # the burn-rate windows are data (alerts/slo.yaml)
+
+        shortest = load_slo_settings().min_slo_window
+        if parse_duration(self.window) < parse_duration(shortest):
+            raise KeyPathError([(("window",), f"{self.window} is shorter than {shortest}: the burn-rate alerts "
+                                              "look back up to 3d, so the SLO window must be at least "
+                                              f"{shortest}")])
         return self
 
 
