@@ -1,0 +1,397 @@
+"""docker-compose.yml: the whole stack as containers, for the ``compose`` target.
+
+Pure: ``render(spec, topology)`` builds the compose file as a dict. Hosts, ports and paths come
+from the topology; images from ``image_for`` (pinned in stack/data/versions.yaml). The ``local``
+target runs native processes instead (``obsgen up``), so it renders no compose file.
+
+The file is written for the Compose Specification without ``version`` or ``name`` keys, so that
+both Compose v2 (``docker compose``) and docker-compose 1.29 (``docker-compose config``) accept it.
+
+Secrets. Alertmanager reads notification credentials, Grafana its admin password and the built-in
+server its token-signing key from files under /run/secrets. One short-lived ``secrets`` service
+(run as root, no network) stages every one of them into the ``secrets`` volume, owned by the user
+of the one container that reads it (mode 0600), and exits; the readers mount that volume read-only
+at /run/secrets and start only after it succeeded. File references are compose ``secrets:`` given
+to that service; environment references are passed to it as ``${VAR}`` (docker-compose 1.29 refuses
+the ``environment:`` secret source, and a compose secret bind-mounts the host file with its host
+owner, which a non-root reader often cannot open). A missing variable stops the stack at start with
+a message naming it.
+"""
+
+from __future__ import annotations
+
+import shlex
+
+import yaml
+
+from stack.spec import EnvSecret, FileSecret, Service, Spec, image_for
+from stack.topology import CONFIG_DIRS, PUBLISHED, Topology
+
+PATH = "docker-compose.yml"
+HEADER = (
+    "# docker-compose.yml rendered by obsgen from the project spec; edit the spec, not this file.\n"
+    "# Run from this directory: docker compose up -d\n"
+)
+
+# The user each image runs as: the owner of the secrets staged for it.
+UIDS = {"alertmanager": 65534, "grafana": 472, "server": 10001}  # server: see the repo's Dockerfile
+SECRETS_VOLUME = "secrets"
+SECRETS_SERVICE = "secrets"
+STAGED = "/staged"  # where the secrets service sees the volume
+GRAFANA_PASSWORD_SECRET = "grafana_admin_password"
+GRAFANA_PASSWORD_ENV = "GRAFANA_ADMIN_PASSWORD"  # used when the spec names no admin password
+JWT_SECRET = "server_jwt_secret"  # signs the built-in server's client tokens; generated once
+# The built-in server is built from this repository's Dockerfile. The default assumes the bundle
+# was rendered into a directory directly inside the clone (obsgen render --out out).
+BUILD_CONTEXT = "${OBSGEN_SOURCE_DIR:-..}"
+DATA_VOLUMES = ("prometheus", "alertmanager", "loki", "grafana")
+RESTART = "unless-stopped"
+HEALTH_TIMING = {"interval": "10s", "timeout": "5s", "retries": 5, "start_period": "20s"}
+
+
+# ---------------------------------------------------------------------------------------
+# Secrets
+# ---------------------------------------------------------------------------------------
+
+
+def notification_secrets(spec: Spec) -> dict[str, FileSecret | EnvSecret]:
+    """Alertmanager's secrets by the names its config reads them under (/run/secrets/<name>)."""
+    from stack.renderers.alertmanager import secret_files  # one source for the names
+
+    return dict(secret_files(spec))
+
+
+def staged_secrets(spec: Spec) -> list[tuple[str, FileSecret | EnvSecret | None, str]]:
+    """(name, reference, reader) for every secret the stack reads; reference None: generated."""
+    secrets = [(name, ref, "alertmanager") for name, ref in sorted(notification_secrets(spec).items())]
+    password = spec.components.grafana.admin_password or EnvSecret(env=GRAFANA_PASSWORD_ENV)
+    secrets.append((GRAFANA_PASSWORD_SECRET, password, "grafana"))
+    if _builtin_services(spec):
+        secrets.append((JWT_SECRET, None, "server"))
+    return secrets
+
+
+def _stage_script(secrets: list[tuple[str, FileSecret | EnvSecret | None, str]]) -> str:
+    """Shell run by the secrets service. Values never appear here: only names and variables."""
+    lines = ["set -eu", "umask 077"]
+    for name, ref, reader in secrets:
+        target = shlex.quote(f"{STAGED}/{name}")
+        temp = shlex.quote(f"{STAGED}/.{name}.tmp")
+        if ref is None:
+            # Generated on first start and kept: running servers and load generators share it.
+            lines.append(f"[ -s {target} ] || {{ head -c 32 /dev/urandom | base64 > {temp} && mv {temp} {target}; }}")
+        elif isinstance(ref, FileSecret):
+            lines.append(f"cp /run/secrets/{shlex.quote(name)} {temp}")
+            lines.append(f"mv {temp} {target}")
+        else:
+            variable = ref.env
+            message = shlex.quote(f"obsgen: set the environment variable {variable} (secret {name} for {reader})")
+            lines.append(f'[ -n "${{{variable}:-}}" ] || {{ echo {message} >&2; exit 1; }}')
+            lines.append(f"printf '%s' \"${variable}\" > {temp}")
+            lines.append(f"mv {temp} {target}")
+        lines.append(f"chown {UIDS[reader]} {target}")
+    lines.append("echo obsgen: secrets staged")
+    # Compose interpolates $VAR in the file itself: $$ leaves a literal $ for the shell.
+    return "\n".join(lines).replace("$", "$$")
+
+
+def _secrets_service(spec: Spec, secrets) -> dict:
+    files = [name for name, ref, _ in secrets if isinstance(ref, FileSecret)]
+    variables = sorted({ref.env for _, ref, _ in secrets if isinstance(ref, EnvSecret)})
+    service: dict = {
+        # The alertmanager image: pinned, pulled anyway, with a busybox shell (sh, cp, chown, base64).
+        "image": image_for(spec, "alertmanager"),
+        "user": "0",
+        "entrypoint": ["/bin/sh", "-c", _stage_script(secrets)],
+        "network_mode": "none",
+        "restart": "no",
+        "volumes": [f"{SECRETS_VOLUME}:{STAGED}"],
+    }
+    if variables:
+        # ${VAR:-}: `docker compose config` works without the variable; the script refuses to go on.
+        service["environment"] = {variable: f"${{{variable}:-}}" for variable in variables}
+    if files:
+        service["secrets"] = files
+    return service
+
+
+# ---------------------------------------------------------------------------------------
+# Services
+# ---------------------------------------------------------------------------------------
+
+
+def _builtin_services(spec: Spec) -> list[Service]:
+    return [service for service in spec.services if service.builtin]
+
+
+def _published(spec: Spec, topology: Topology, component: str) -> list[str]:
+    bind = spec.publish.bind
+    return [f"{bind}:{port}:{port}" for port in (topology.port(component, name) for name in PUBLISHED.get(component, ()))]
+
+
+def _limits(spec: Spec, component: str) -> dict:
+    resources = getattr(spec.components, component).resources
+    limits = {}
+    if resources.memory:
+        limits["memory"] = resources.memory
+    if resources.cpus:
+        limits["cpus"] = str(resources.cpus)
+    return {"deploy": {"resources": {"limits": limits}}} if limits else {}
+
+
+def _config_mount(component: str) -> str:
+    return f"./{component}:{CONFIG_DIRS[component]}:ro"
+
+
+def _http_check(url: str) -> dict:
+    # busybox wget: in the Prometheus, Alertmanager and Jaeger images.
+    return {"test": ["CMD", "wget", "-q", "--spider", url], **HEALTH_TIMING}
+
+
+def _service(spec: Spec, component: str, **fields) -> dict:
+    return {"image": image_for(spec, component), **fields, "restart": RESTART, **_limits(spec, component)}
+
+
+def _started(*names: str) -> dict:
+    return {name: {"condition": "service_started"} for name in names}
+
+
+def _healthy(*names: str) -> dict:
+    return {name: {"condition": "service_healthy"} for name in names}
+
+
+def _staged() -> dict:
+    return {SECRETS_SERVICE: {"condition": "service_completed_successfully"}}
+
+
+def _collector(spec: Spec, topology: Topology) -> dict:
+    return _service(
+        spec, "collector",
+        command=[f"--config={CONFIG_DIRS['collector']}/config.yaml"],
+        volumes=[_config_mount("collector")],
+        ports=_published(spec, topology, "collector"),
+        # The image has no shell: no healthcheck; its dependants wait for it to start.
+        depends_on=_healthy("jaeger", "loki"),
+    )
+
+
+def _prometheus(spec: Spec, topology: Topology) -> dict:
+    settings = spec.components.prometheus
+    return _service(
+        spec, "prometheus",
+        command=[
+            f"--config.file={CONFIG_DIRS['prometheus']}/prometheus.yml",
+            f"--storage.tsdb.path={topology.data_dir('prometheus')}",
+            f"--storage.tsdb.retention.time={settings.retention}",
+            f"--web.listen-address={topology.listen('prometheus', 'http')}",
+            "--web.enable-lifecycle",
+            "--enable-feature=exemplar-storage",
+        ],
+        volumes=[_config_mount("prometheus"), f"prometheus:{topology.data_dir('prometheus')}"],
+        ports=_published(spec, topology, "prometheus"),
+        healthcheck=_http_check(f"http://localhost:{topology.port('prometheus', 'http')}/-/ready"),
+        depends_on={**_started("collector"), **_healthy("alertmanager")},
+    )
+
+
+def _alertmanager(spec: Spec, topology: Topology) -> dict:
+    return _service(
+        spec, "alertmanager",
+        command=[
+            f"--config.file={CONFIG_DIRS['alertmanager']}/alertmanager.yml",
+            f"--storage.path={topology.data_dir('alertmanager')}",
+            f"--web.listen-address={topology.listen('alertmanager', 'http')}",
+            "--cluster.listen-address=",  # one instance: no gossip port
+        ],
+        volumes=[
+            _config_mount("alertmanager"),
+            f"alertmanager:{topology.data_dir('alertmanager')}",
+            f"{SECRETS_VOLUME}:/run/secrets:ro",
+        ],
+        ports=_published(spec, topology, "alertmanager"),
+        healthcheck=_http_check(f"http://localhost:{topology.port('alertmanager', 'http')}/-/ready"),
+        depends_on=_staged(),
+    )
+
+
+def _loki(spec: Spec, topology: Topology) -> dict:
+    ready = f"http://localhost:{topology.port('loki', 'http')}/ready"
+    return _service(
+        spec, "loki",
+        command=[f"-config.file={CONFIG_DIRS['loki']}/config.yaml"],
+        volumes=[_config_mount("loki"), f"loki:{topology.data_dir('loki')}"],
+        ports=_published(spec, topology, "loki"),
+        # The image is distroless; Loki 3.7 checks itself (`loki -health`) without a shell.
+        healthcheck={"test": ["CMD", "/usr/bin/loki", "-health", f"-health.url={ready}"], **HEALTH_TIMING},
+    )
+
+
+def _jaeger(spec: Spec, topology: Topology) -> dict:
+    from stack.renderers.jaeger import HEALTH_PATH
+
+    return _service(
+        spec, "jaeger",
+        command=[f"--config={CONFIG_DIRS['jaeger']}/config.yaml"],
+        volumes=[_config_mount("jaeger")],
+        ports=_published(spec, topology, "jaeger"),
+        healthcheck=_http_check(f"http://localhost:{topology.port('jaeger', 'health')}{HEALTH_PATH}"),
+    )
+
+
+def _grafana(spec: Spec, topology: Topology) -> dict:
+    settings = spec.components.grafana
+    return _service(
+        spec, "grafana",
+        environment={
+            "GF_SERVER_HTTP_ADDR": topology.listen_host,
+            "GF_SERVER_HTTP_PORT": str(topology.port("grafana", "http")),
+            "GF_SECURITY_ADMIN_USER": settings.admin_user,
+            "GF_SECURITY_ADMIN_PASSWORD__FILE": f"/run/secrets/{GRAFANA_PASSWORD_SECRET}",
+            "GF_AUTH_ANONYMOUS_ENABLED": "false",
+            "GF_USERS_ALLOW_SIGN_UP": "false",
+            "GF_ANALYTICS_REPORTING_ENABLED": "false",
+        },
+        volumes=[
+            f"./grafana/provisioning:{CONFIG_DIRS['grafana']}:ro",
+            f"grafana:{topology.data_dir('grafana')}",
+            f"./grafana/dashboards:{topology.data_dir('grafana')}/dashboards:ro",
+            # Runbooks are served by Grafana itself, at /public/runbooks/<AlertName>.md.
+            "./runbooks:/usr/share/grafana/public/runbooks:ro",
+            f"{SECRETS_VOLUME}:/run/secrets:ro",
+        ],
+        ports=_published(spec, topology, "grafana"),
+        healthcheck={
+            "test": ["CMD", "curl", "-fsS", "-o", "/dev/null", f"http://localhost:{topology.port('grafana', 'http')}/api/health"],
+            **HEALTH_TIMING,
+        },
+        depends_on={**_healthy("prometheus", "loki", "jaeger"), **_staged()},
+    )
+
+
+def _redis(spec: Spec, topology: Topology) -> dict:
+    port = topology.port("redis", "redis")
+    return _service(
+        spec, "redis",
+        # The backplane carries live messages and short history: nothing worth persisting.
+        command=["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
+        healthcheck={"test": ["CMD", "redis-cli", "-p", str(port), "ping"], **HEALTH_TIMING},
+    )
+
+
+def _server_port(service: Service) -> int:
+    # WebSocket, /metrics, /healthz and /readyz share one port (the spec refuses two different ones).
+    return service.metrics.port
+
+
+def _server_build(spec: Spec) -> dict:
+    return {"build": {"context": BUILD_CONTEXT, "dockerfile": "Dockerfile"}, "image": image_for(spec, "server")}
+
+
+def _server_instances(spec: Spec, topology: Topology, service: Service) -> dict[str, dict]:
+    """The built-in server: one container per instance, all in the first one's network namespace,
+    so Prometheus reaches instance i at <name>:<metrics.port + i> as the topology says."""
+    redis = spec.components.redis.enabled
+    base_port = _server_port(service)
+    result = {}
+    for instance in range(service.instances):
+        port = base_port + instance
+        environment = {
+            "OBSGEN_HOST": topology.listen_host,
+            "OBSGEN_PORT": str(port),
+            "OBSGEN_JWT_SECRET_FILE": f"/run/secrets/{JWT_SECRET}",
+            "OBSGEN_BROKER": "redis" if redis else "memory",
+            "OBSGEN_SERVICE_NAME": service.name,
+            "OBSGEN_TELEMETRY": "true",
+        }
+        if redis:
+            environment["OBSGEN_REDIS_URL"] = f"redis://{topology.address('redis', 'redis')}/0"
+        if service.otlp:
+            environment["OBSGEN_OTLP_ENDPOINT"] = topology.url("collector", "otlp_http")
+            environment["OBSGEN_LOGS"] = "otlp"
+        depends_on = {**_started("collector"), **_staged()}
+        if redis:
+            depends_on.update(_healthy("redis"))
+        container = {
+            **_server_build(spec),
+            "environment": environment,
+            "volumes": [f"{SECRETS_VOLUME}:/run/secrets:ro"],
+            "healthcheck": {
+                "test": ["CMD", "python", "-c",
+                         f"import urllib.request; urllib.request.urlopen('http://127.0.0.1:{port}/readyz', timeout=3)"],
+                **HEALTH_TIMING,
+            },
+            "depends_on": depends_on,
+            "restart": RESTART,
+        }
+        if instance == 0:
+            ports = [base_port + i for i in range(service.instances)]
+            if service.port is not None:
+                container["ports"] = [f"{spec.publish.bind}:{p}:{p}" for p in ports]
+            name = service.name
+        else:
+            container["network_mode"] = f"service:{service.name}"
+            container["depends_on"] = {**depends_on, **_started(service.name)}
+            name = f"{service.name}-{instance}"
+        result[name] = container
+    return result
+
+
+def _loadgen(spec: Spec, topology: Topology, service: Service) -> dict:
+    host = topology.service_host(service)
+    port = _server_port(service)
+    return {
+        **_server_build(spec),
+        "command": [
+            "python", "-m", "instrumented_server.loadgen",
+            "--url", f"ws://{host}:{port}",
+            "--jwt-secret-file", f"/run/secrets/{JWT_SECRET}",
+        ],
+        "volumes": [f"{SECRETS_VOLUME}:/run/secrets:ro"],
+        "depends_on": _healthy(service.name),
+        "restart": RESTART,
+    }
+
+
+def compose(spec: Spec, topology: Topology) -> dict:
+    secrets = staged_secrets(spec)
+    services = {
+        "collector": _collector(spec, topology),
+        "prometheus": _prometheus(spec, topology),
+        "alertmanager": _alertmanager(spec, topology),
+        "loki": _loki(spec, topology),
+        "jaeger": _jaeger(spec, topology),
+        "grafana": _grafana(spec, topology),
+    }
+    if spec.components.redis.enabled:
+        services["redis"] = _redis(spec, topology)
+    services[SECRETS_SERVICE] = _secrets_service(spec, secrets)
+    for service in _builtin_services(spec):
+        services.update(_server_instances(spec, topology, service))
+        services[f"{service.name}-loadgen"] = _loadgen(spec, topology, service)
+    document: dict = {
+        "services": services,
+        "volumes": {name: {} for name in (*DATA_VOLUMES, SECRETS_VOLUME)},
+    }
+    files = {name: {"file": ref.file} for name, ref, _ in secrets if isinstance(ref, FileSecret)}
+    if files:
+        document["secrets"] = files
+    return document
+
+
+class _Dumper(yaml.SafeDumper):
+    """Multi-line strings (the secrets script) as literal blocks, readable as written."""
+
+
+_Dumper.add_representer(
+    str,
+    lambda dumper, value: dumper.represent_scalar(
+        "tag:yaml.org,2002:str", value, style="|" if "\n" in value else None
+    ),
+)
+
+
+def render(spec: Spec, topology: Topology) -> dict[str, str]:
+    if topology.local:
+        return {}  # native processes: local/processes.yaml, run by `obsgen up`
+    text = yaml.dump(compose(spec, topology), Dumper=_Dumper, sort_keys=False, width=120)
+    return {PATH: HEADER + text}
