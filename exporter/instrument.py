@@ -66,22 +66,23 @@ class Telemetry:
         self._hook_failures = RateLimitedLog(log)
         self._shut_down = False
 
-        # Children resolved once; the hooks below only look them up and increment.
-        self._connections = metrics.children(catalog.CONNECTIONS_TOTAL.name)
+        # Children resolved once, as bound increments; the hooks below only look them up
+        # and call them. Counter steps are never negative: the hooks check before calling.
+        self._connections = metrics.incrementers(catalog.CONNECTIONS_TOTAL.name)
         self._accepted = self._connections["accepted"]
-        self._active = metrics.children(catalog.ACTIVE_CONNECTIONS.name)
-        self._disconnections = metrics.children(catalog.DISCONNECTIONS_TOTAL.name)
-        self._reconnects = metrics.children(catalog.RECONNECTS_TOTAL.name)
-        self._received = metrics.children(catalog.MESSAGES_RECEIVED_TOTAL.name)
-        self._sent = metrics.children(catalog.MESSAGES_SENT_TOTAL.name)
+        self._active = metrics.incrementers(catalog.ACTIVE_CONNECTIONS.name)
+        self._disconnections = metrics.incrementers(catalog.DISCONNECTIONS_TOTAL.name)
+        self._reconnects = metrics.incrementers(catalog.RECONNECTS_TOTAL.name)
+        self._received = metrics.incrementers(catalog.MESSAGES_RECEIVED_TOTAL.name)
+        self._sent = metrics.incrementers(catalog.MESSAGES_SENT_TOTAL.name)
         self._duration = metrics.observers(catalog.MESSAGE_DURATION_SECONDS.name)
         sizes = metrics.observers(catalog.MESSAGE_SIZE_BYTES.name)
         self._size_in = sizes["in"]
         self._size_out = sizes["out"]
-        self._errors = metrics.children(catalog.ERRORS_TOTAL.name)
-        self._rate_limited = metrics.children(catalog.RATE_LIMITED_TOTAL.name)
-        self._subscriptions = metrics.children(catalog.SUBSCRIPTIONS.name)
-        self._fanout_inc = metrics.unlabelled(catalog.FANOUT_MESSAGES_TOTAL.name).inc
+        self._errors = metrics.incrementers(catalog.ERRORS_TOTAL.name)
+        self._rate_limited = metrics.incrementers(catalog.RATE_LIMITED_TOTAL.name)
+        self._subscriptions = metrics.incrementers(catalog.SUBSCRIPTIONS.name)
+        self._fanout_inc = metrics.unlabelled_incrementer(catalog.FANOUT_MESSAGES_TOTAL.name)
         self._broker_lag = metrics.observers(catalog.BROKER_LAG_SECONDS.name)
         dropped = metrics.children(catalog.TELEMETRY_DROPPED_TOTAL.name)
         self.count_dropped_spans = dropped["spans"].inc
@@ -102,34 +103,34 @@ class Telemetry:
     # connection lifecycle
     def connection_opened(self, namespace: str) -> None:
         try:
-            self._accepted.inc()
-            self._active[namespace].inc()
+            self._accepted(1)
+            self._active[namespace](1)
         except Exception as exc:
             self._failed("connection_opened", exc)
 
     def connection_rejected(self, status: str) -> None:
         try:
-            self._connections[status].inc()
+            self._connections[status](1)
         except Exception as exc:
             self._failed("connection_rejected", exc)
 
     def connection_closed(self, namespace: str, code: int) -> None:
         try:
-            self._active[namespace].dec()
-            self._disconnections[code].inc()
+            self._active[namespace](-1)
+            self._disconnections[code](1)
         except Exception as exc:
             self._failed("connection_closed", exc)
 
     def reconnect(self, outcome: str) -> None:
         try:
-            self._reconnects[outcome].inc()
+            self._reconnects[outcome](1)
         except Exception as exc:
             self._failed("reconnect", exc)
 
     # message path
     def message_received(self, type: str, size: int) -> None:  # noqa: A002 - the hook's name
         try:
-            self._received[type].inc()
+            self._received[type](1)
             self._size_in(size)
         except Exception as exc:
             self._failed("message_received", exc)
@@ -155,7 +156,7 @@ class Telemetry:
     def messages_sent(self, type: str, recipients: int, size: int) -> None:  # noqa: A002
         try:
             if recipients > 0:
-                self._sent[type].inc(recipients)
+                self._sent[type](recipients)
                 self._size_out(size, recipients)
         except Exception as exc:
             self._failed("messages_sent", exc)
@@ -170,20 +171,20 @@ class Telemetry:
     # faults and limits
     def error(self, reason: str) -> None:
         try:
-            self._errors[reason].inc()
+            self._errors[reason](1)
         except Exception as exc:
             self._failed("error", exc)
 
     def rate_limited(self, scope: str) -> None:
         try:
-            self._rate_limited[scope].inc()
+            self._rate_limited[scope](1)
         except Exception as exc:
             self._failed("rate_limited", exc)
 
     # state
     def subscriptions_changed(self, namespace: str, delta: int) -> None:
         try:
-            self._subscriptions[namespace].inc(delta)
+            self._subscriptions[namespace](delta)
         except Exception as exc:
             self._failed("subscriptions_changed", exc)
 

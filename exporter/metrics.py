@@ -106,6 +106,14 @@ class WeightedObserver:
         self.child.observe(amount, exemplar)
 
 
+def incrementer(child) -> Callable[[float], None]:
+    """The child's value ``inc``: a counter or gauge increment without ``Counter.inc``'s two
+    extra Python frames (its checks are for the parent metric and negative counter steps,
+    which the hooks rule out before calling). Falls back to the public method."""
+    value = getattr(child, "_value", None)
+    return value.inc if value is not None and hasattr(value, "inc") else child.inc
+
+
 def declare(metric: Metric, registry: CollectorRegistry):
     """Register one catalog metric exactly as the catalog says."""
     kwargs = {"labelnames": metric.labels, "registry": registry}
@@ -126,12 +134,19 @@ class Metrics:
         """Cached children of a one-label counter or gauge."""
         return Children(self.families[name], self._catalog[name])
 
+    def incrementers(self, name: str) -> Children:
+        """Cached ``inc(amount)`` callables of a one-label counter or gauge (see ``incrementer``)."""
+        return Children(self.families[name], self._catalog[name], incrementer)
+
     def observers(self, name: str) -> Children:
         """Cached weighted observers of a one-label histogram."""
         return Children(self.families[name], self._catalog[name], WeightedObserver)
 
     def unlabelled(self, name: str):
         return self.families[name]
+
+    def unlabelled_incrementer(self, name: str) -> Callable[[float], None]:
+        return incrementer(self.families[name])
 
     def exposition(self, accept: str | None = None) -> tuple[bytes, str]:
         """The scrape body and its content type; OpenMetrics (with exemplars) when asked for."""

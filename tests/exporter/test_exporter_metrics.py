@@ -189,3 +189,25 @@ def test_promtool_complains_about_a_bad_metric():
     body = b"# HELP websocket_bad_count\n# TYPE websocket_bad_count counter\nwebsocket_bad_count 1\n"
     result = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=60)
     assert result.returncode != 0 and (result.stdout or result.stderr)
+
+
+def test_incrementer_equals_the_public_inc():
+    """The hot path increments a child's value directly (client internals); same result as inc()."""
+    from prometheus_client import Counter, Gauge
+
+    from exporter.metrics import incrementer
+
+    public, fast = CollectorRegistry(), CollectorRegistry()
+    for registry, step in ((public, None), (fast, incrementer)):
+        counter = Counter("c", "c", ["type"], registry=registry).labels("publish")
+        gauge = Gauge("g", "g", ["namespace"], registry=registry).labels("chat")
+        if step is None:
+            counter.inc(3), gauge.inc(2), gauge.dec(1)
+        else:
+            step(counter)(3), step(gauge)(2), step(gauge)(-1)
+
+    def body(registry):
+        return b"\n".join(line for line in generate_latest(registry).splitlines() if b"_created" not in line)
+
+    assert body(fast) == body(public)
+    assert b'c_total{type="publish"} 3.0' in body(fast) and b'g{namespace="chat"} 1.0' in body(fast)
