@@ -100,7 +100,6 @@ def spec_json_schema() -> dict:
     schema = Spec.model_json_schema()
     return {
         "$schema": "https://json-schema.org/draft/2020-12/schema",
-        "$id": "https://obsgen.dev/schema/spec-v1.json",
         "title": "obsgen spec, version 1",
         **{key: value for key, value in schema.items() if key != "title"},
     }
