@@ -188,3 +188,16 @@ def test_instrument_server_builds_telemetry_from_arguments():
             exporter.instrument_server(echo, handler.telemetry, service_name="x")
     finally:
         handler.telemetry.shutdown(1)
+
+
+def test_no_global_providers_are_installed():
+    from opentelemetry import _logs, trace
+    from opentelemetry.sdk._logs.export import InMemoryLogRecordExporter
+
+    before = (trace.get_tracer_provider(), _logs.get_logger_provider())
+    t = make(span_exporter=InMemorySpanExporter(), log_exporter=InMemoryLogRecordExporter(), logs="otlp")
+    try:
+        assert (trace.get_tracer_provider(), _logs.get_logger_provider()) == before
+        assert t.tracing.provider is not before[0]
+    finally:
+        t.shutdown(1)
