@@ -559,9 +559,13 @@ class Route(Model):
     @field_validator("matchers")
     @classmethod
     def _matchers(cls, values: list[str]) -> list[str]:
-        for value in values:
-            if not re.match(r'^\s*[a-zA-Z_][a-zA-Z0-9_]*\s*(=|!=|=~|!~)\s*"?[^"]*"?\s*$', value):
-                raise ValueError(f"{value!r} is not a matcher: expected name=\"value\" (or !=, =~, !~)")
+        problems = [
+            ((index,), f"{value!r} is not a matcher: expected name=\"value\" (or !=, =~, !~)")
+            for index, value in enumerate(values)
+            if not re.match(r'^\s*[a-zA-Z_][a-zA-Z0-9_]*\s*(=|!=|=~|!~)\s*"?[^"]*"?\s*$', value)
+        ]
+        if problems:
+            raise KeyPathError(problems)
         return values
 
 
