@@ -8,6 +8,7 @@ Version 1 of the spec. A later version gets its own model module; ``version`` na
 
 from __future__ import annotations
 
+import ipaddress
 import posixpath
 import re
 from functools import lru_cache
@@ -296,8 +297,18 @@ class Components(Model):
 
 class Publish(Model):
     bind: str = Field(
-        "127.0.0.1", description="Host address published ports bind to; 0.0.0.0 exposes them to the network."
+        "127.0.0.1", description="Host IPv4 address published ports bind to; 0.0.0.0 exposes them to the network."
     )
+
+    @field_validator("bind")
+    @classmethod
+    def _ipv4(cls, value: str) -> str:
+        # Written into compose's host:port:port form, where an IPv6 address would need brackets.
+        try:
+            ipaddress.IPv4Address(value)
+        except ValueError:
+            raise ValueError(f"{value!r} is not an IPv4 address: expected e.g. 127.0.0.1 or 0.0.0.0") from None
+        return value
 
 
 # ---------------------------------------------------------------------------------------

@@ -421,3 +421,8 @@ def test_dockerignore_sends_every_package_the_build_installs_and_nothing_else():
     for path in ("tests/conftest.py", ".git/HEAD", ".tools/bin/otelcol", "stack/__pycache__/spec.cpython-311.pyc",
                  "bench/run.py", "out/docker-compose.yml"):
         assert _ignored(path, patterns), path
+
+
+def test_a_publish_address_that_is_not_ipv4_is_refused():
+    with pytest.raises(ValidationError, match="'localhost' is not an IPv4 address"):
+        make_spec(publish={"bind": "localhost"})
