@@ -24,6 +24,7 @@ import shlex
 
 import yaml
 
+from stack.errors import RenderError
 from stack.spec import EnvSecret, FileSecret, Service, Spec, image_for
 from stack.topology import CONFIG_DIRS, PUBLISHED, Topology
 
@@ -68,6 +69,9 @@ def staged_secrets(spec: Spec) -> list[tuple[str, FileSecret | EnvSecret | None,
     secrets.append((GRAFANA_PASSWORD_SECRET, password, "grafana"))
     if _builtin_services(spec):
         secrets.append((JWT_SECRET, None, "server"))
+    names = [name for name, _, _ in secrets]
+    if len(set(names)) != len(names):
+        raise RenderError(f"two secrets share a name in the compose file: {sorted(names)}")
     return secrets
 
 
