@@ -126,7 +126,7 @@ def test_loki_down_never_blocks_and_counts_drops():
 
 def test_loki_hung_never_blocks_counts_drops_and_shutdown_keeps_its_timeout():
     hung = SilentServer()
-    t = make("loki-hung", loki_url=hung.url, export_timeout=5.0, queue_size=5)
+    t = make("loki-hung", loki_url=hung.url, export_timeout=2.0, queue_size=5)
     try:
         assert_never_blocked(timed_emits(t.logger, 50))
         # One record is stuck in the listener's POST, five wait in the queue, the rest are dropped.
@@ -149,7 +149,7 @@ def test_otlp_logs_to_a_closed_port_never_block_and_count_drops():
 
 def test_otlp_logs_and_spans_to_a_hung_collector():
     hung = SilentServer()
-    t = make("otlp-hung", otlp_endpoint=hung.url, export_timeout=10.0, export_interval=0.05, queue_size=4)
+    t = make("otlp-hung", otlp_endpoint=hung.url, export_timeout=2.0, export_interval=0.05, queue_size=4)
     try:
         durations = timed_emits(t.logger, 50)
         for _ in range(50):
