@@ -299,3 +299,46 @@ def test_a_bad_carrier_from_a_client_starts_a_new_trace(traced, carrier):
     with t.span("publish", parent=carrier) as span:
         assert span.trace_id is not None
     assert finished(t, spans)["publish"].parent is None
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize("protocol", ["grpc", "http/protobuf"])
+def test_spans_and_logs_pass_through_a_real_collector(protocol, processes, tmp_path):
+    """exporter -> otelcol (OTLP receiver) -> otlp_http exporter -> sink: the path a deployment uses."""
+    import yaml
+
+    from tests.conftest import free_port, require_binary, wait_for_port
+
+    otelcol = require_binary("otelcol")
+    sink = HttpSink()
+    grpc_port, http_port = free_port(), free_port()
+    config = {
+        "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": f"127.0.0.1:{grpc_port}"},
+                                             "http": {"endpoint": f"127.0.0.1:{http_port}"}}}},
+        "exporters": {"otlp_http": {"endpoint": sink.url, "compression": "none"}},
+        "service": {
+            "telemetry": {"metrics": {"level": "none"}},
+            "pipelines": {"traces": {"receivers": ["otlp"], "exporters": ["otlp_http"]},
+                          "logs": {"receivers": ["otlp"], "exporters": ["otlp_http"]}},
+        },
+    }
+    path = tmp_path / "otelcol.yaml"
+    path.write_text(yaml.safe_dump(config))
+    proc = processes.start([otelcol, "--config", str(path)])
+    wait_for_port(grpc_port, proc=proc)
+    wait_for_port(http_port, proc=proc)
+    port = grpc_port if protocol == "grpc" else http_port
+    logger = logging.getLogger(f"tests.exporter.tracing.collector.{protocol}")
+    t = make("collector-test", otlp_endpoint=f"http://127.0.0.1:{port}", otlp_protocol=protocol, logger=logger,
+             export_interval=0.05)
+    try:
+        with t.span("publish") as span:
+            logger.info("through the collector")
+        assert sink.wait_for(lambda posts: sink.spans() and sink.log_records(), timeout=20)
+        (resource, exported), = sink.spans()
+        (_, record), = sink.log_records()
+        assert exported.trace_id.hex() == record.trace_id.hex() == span.trace_id
+        assert {a.key: a.value.string_value for a in resource.attributes}["service.name"] == "collector-test"
+    finally:
+        t.shutdown(2)
+        sink.close()
