@@ -1,6 +1,6 @@
 """Cost of each telemetry hook, instrumented vs NoopTelemetry, as ratios measured in one run.
 
-    python bench/bench_exporter_hooks.py            # full run (a few seconds)
+    python bench/bench_exporter_hooks.py            # full run (under a minute)
     python bench/bench_exporter_hooks.py --quick    # small sizes, for CI
 
 Each hook is called in a tight loop; the table gives nanoseconds per call for NoopTelemetry
