@@ -53,7 +53,7 @@ class HubConnection(ServerConnection):
 class WebSocketPeer:
     """The hub's view of one websockets connection: whole frames in, bytes on the wire."""
 
-    __slots__ = ("connection", "transport", "protocol", "shared_frames", "_closing")
+    __slots__ = ("connection", "transport", "protocol", "shared_frames")
 
     def __init__(self, connection: ServerConnection) -> None:
         self.connection = connection
@@ -61,7 +61,6 @@ class WebSocketPeer:
         self.protocol = connection.protocol
         # Frames can be shared between connections only when no extension rewrites them.
         self.shared_frames = not connection.protocol.extensions
-        self._closing: asyncio.Task[None] | None = None
 
     @property
     def is_open(self) -> bool:
@@ -80,8 +79,26 @@ class WebSocketPeer:
         return self.transport.get_write_buffer_size()
 
     def close(self, code: int, reason: str) -> None:
-        if self._closing is None:
-            self._closing = asyncio.ensure_future(self.connection.close(code, reason))
+        """Queue a close frame behind what is buffered; drop the TCP connection if no reply comes.
+
+        Not ``connection.close()``: it waits for the write buffer to drain, which a client that
+        does not read (the very one being cut off) never lets happen.
+        """
+        if self.protocol.state is not OPEN:
+            return
+        try:
+            self.protocol.send_close(code, reason)
+            self.connection.send_data()
+        except Exception:
+            self.transport.abort()
+            return
+        timeout = self.connection.close_timeout
+        if timeout is not None:
+            self.connection.loop.call_later(timeout, self._abort_if_open)
+
+    def _abort_if_open(self) -> None:
+        if not self.transport.is_closing():
+            self.transport.abort()
 
 
 def _response(status: int, phrase: str, body: bytes, content_type: str, extra: dict[str, str] | None = None) -> Response:

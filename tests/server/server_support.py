@@ -137,7 +137,8 @@ class Client:
     def __init__(self, connection: ClientConnection) -> None:
         self.connection = connection
         self._ids = 0
-        self.events: list[dict[str, Any]] = []
+        self.events: list[dict[str, Any]] = []  # everything read from the wire, in order
+        self._unread: list[dict[str, Any]] = []  # read while waiting for a reply, not yet returned
 
     @classmethod
     @contextlib.asynccontextmanager
@@ -163,19 +164,24 @@ class Client:
         return message_id
 
     async def next(self, timeout: float = 5.0) -> dict[str, Any]:
+        if self._unread:
+            return self._unread.pop(0)
         text = await asyncio.wait_for(self.connection.recv(), timeout)
         event = json.loads(text)
         self.events.append(event)
         return event
 
     async def request(self, type_: str, payload: dict[str, Any] | None = None, timeout: float = 5.0) -> dict[str, Any]:
-        """Send a command and return its reply (ack or error); other events are kept in ``events``."""
+        """Send a command and return its reply (ack or error); other events stay for ``next``."""
         message_id = await self.send(type_, payload)
         deadline = time.monotonic() + timeout
+        others: list[dict[str, Any]] = []
         while True:
             event = await self.next(max(0.01, deadline - time.monotonic()))
             if event["metadata"].get("correlation_id") == message_id:
+                self._unread[:0] = others
                 return event
+            others.append(event)
 
     async def messages(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
         got: list[dict[str, Any]] = []
@@ -199,5 +205,5 @@ class Client:
         with contextlib.suppress(ConnectionClosed):
             async with asyncio.timeout(timeout):
                 while True:
-                    await self.connection.recv()
+                    self.events.append(json.loads(await self.connection.recv()))
         return self.connection.close_code
