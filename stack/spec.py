@@ -600,6 +600,19 @@ class Notifications(Model):
         None, description="Inhibitions; default: a critical alert mutes the warning of the same name and service."
     )
 
+    @model_validator(mode="after")
+    def _root_route(self) -> "Notifications":
+        # Alertmanager refuses matchers and `continue` on the root route: it receives every alert.
+        problems = []
+        if self.route is not None and self.route.matchers:
+            problems.append((("route", "matchers"), "the root route receives every alert and cannot have matchers; "
+                                                     "put them on a child route under routes"))
+        if self.route is not None and self.route.continue_:
+            problems.append((("route", "continue"), "the root route cannot have continue"))
+        if problems:
+            raise KeyPathError(problems)
+        return self
+
 
 # ---------------------------------------------------------------------------------------
 # Dashboards

@@ -1,0 +1,91 @@
+"""prometheus/prometheus.yml: global intervals, rule files, Alertmanager, and every scrape job.
+
+Pure: ``render(spec, topology)`` builds the config as a dict. One shape for Prometheus 2.42 (what
+runs natively here, and what ``promtool check config`` is) and 3.x (what compose pins): nothing
+only one of them knows (no ``scrape_protocols``, ``fallback_scrape_protocol``, OTLP receiver
+settings). OTLP metrics reach Prometheus through the collector's ``prometheus`` exporter, scraped
+like any target, so both versions and both targets take the same path.
+
+``rule_files`` is relative to this file: compose mounts prometheus/ at /etc/prometheus, and
+``obsgen up`` passes ``--config.file=prometheus/prometheus.yml`` from the bundle root, so
+``rules/*.yml`` resolves to the bundle's prometheus/rules either way.
+"""
+
+from __future__ import annotations
+
+from stack.renderers.promtext import dump_yaml
+from stack.spec import Spec
+from stack.topology import Topology
+
+PATH = "prometheus/prometheus.yml"
+RULE_FILES = "rules/*.yml"
+HEADER = "Prometheus config rendered by obsgen from the project spec; edit the spec, not this file."
+
+# Scrape jobs for the stack's own components: job name -> (component, named port, metrics path,
+# honor_labels). A service's job carries the target label `service`; these never do, which is how
+# the alert rules tell the two apart (up{service!=""} vs up{service=""}).
+STACK_JOBS: dict[str, tuple[str, str, str, bool]] = {
+    "prometheus": ("prometheus", "http", "/metrics", False),
+    "alertmanager": ("alertmanager", "http", "/metrics", False),
+    # The collector's own telemetry (receivers, processors, exporters, queues).
+    "otel-collector": ("collector", "metrics", "/metrics", False),
+    # OTLP metrics the collector received, re-exposed by its prometheus exporter. Their job and
+    # instance come from the sender's resource (service.name, service.instance.id): keep them.
+    "otel-collector-exporter": ("collector", "prometheus", "/metrics", True),
+    "jaeger": ("jaeger", "metrics", "/metrics", False),
+    "loki": ("loki", "http", "/metrics", False),
+    "grafana": ("grafana", "http", "/metrics", False),
+}
+SERVICE_LABEL = "service"
+
+
+def stack_job_address(topology: Topology, job: str) -> str:
+    component, port, _path, _honor = STACK_JOBS[job]
+    return topology.address(component, port)
+
+
+def service_jobs(spec: Spec, topology: Topology) -> list[dict]:
+    jobs = []
+    for service in spec.services:
+        job: dict = {"job_name": service.name, "metrics_path": service.metrics.path}
+        if service.metrics.scrape_interval:
+            job["scrape_interval"] = service.metrics.scrape_interval
+        job["static_configs"] = [
+            {"targets": topology.service_metrics_targets(service), "labels": {SERVICE_LABEL: service.name}}
+        ]
+        jobs.append(job)
+    return jobs
+
+
+def stack_jobs(topology: Topology) -> list[dict]:
+    jobs = []
+    for name, (_component, _port, path, honor_labels) in STACK_JOBS.items():
+        job: dict = {"job_name": name}
+        if honor_labels:
+            job["honor_labels"] = True
+        job["metrics_path"] = path
+        job["static_configs"] = [{"targets": [stack_job_address(topology, name)]}]
+        jobs.append(job)
+    return jobs
+
+
+def config(spec: Spec, topology: Topology) -> dict:
+    settings = spec.components.prometheus
+    return {
+        "global": {
+            "scrape_interval": settings.scrape_interval,
+            "evaluation_interval": settings.evaluation_interval,
+            "external_labels": {"project": spec.project},
+        },
+        "rule_files": [RULE_FILES],
+        "alerting": {
+            "alertmanagers": [
+                {"static_configs": [{"targets": [topology.address("alertmanager", "http")]}]}
+            ]
+        },
+        "scrape_configs": [*service_jobs(spec, topology), *stack_jobs(topology)],
+    }
+
+
+def render(spec: Spec, topology: Topology) -> dict[str, str]:
+    return {PATH: dump_yaml(config(spec, topology), header=HEADER)}

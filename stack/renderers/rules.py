@@ -1,0 +1,723 @@
+"""Prometheus rule files and their promtool unit tests: the alert pack, SLOs, custom alerts.
+
+Pure: ``render(spec, topology)`` returns
+
+    prometheus/rules/websocket.yml      the WebSocket alert pack (alerts/pack.yaml, group websocket)
+    prometheus/rules/stack.yml          self-monitoring of the stack (group stack)
+    prometheus/rules/slo-recording.yml  SLI error ratios per window (stack/renderers/slo.py)
+    prometheus/rules/slo-alerts.yml     multi-window multi-burn-rate and absent-SLI alerts
+    prometheus/rules/custom.yml         the spec's own alerts, as given
+    prometheus/tests/<same names>.yml   promtool unit tests: every alert fires on crafted input
+                                        with its exact labels and annotations, and stays silent
+                                        below its threshold and at zero traffic
+
+A file is written only when it has rules. Expressions read metric names from the catalog
+(exporter/catalog.py) through the pack's data; ratios divide only by a denominator that is above
+zero and quantiles are taken only where there were observations, so nothing is NaN and nothing
+fires at zero traffic. The unit tests' expected values come from the same numbers that build
+their input series, so a test can only pass if the rule does what its words say.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Iterable
+
+from alerts.pack import Knobs, MetricRef, Pack, PackAlert, knobs, load_pack
+from exporter.catalog import CATALOG, Metric
+from stack.renderers import slo as slo_rules
+from stack.renderers.prometheus import SERVICE_LABEL, STACK_JOBS, stack_job_address
+from stack.renderers.promtext import (
+    dump_yaml,
+    expand_template,
+    humanize,
+    humanize_duration,
+    humanize_percentage,
+    number,
+    openmetrics_float,
+    series,
+)
+from stack.renderers.runbooks import runbook_url
+from stack.spec import CustomAlert, Spec, parse_duration
+from stack.topology import Topology
+
+RULES_DIR = "prometheus/rules"
+TESTS_DIR = "prometheus/tests"
+HEADER = "Rendered by obsgen from the project spec; edit the spec, not this file."
+TEST_HEADER = (
+    "promtool unit tests rendered by obsgen: run `promtool test rules prometheus/tests/*.yml`\n"
+    "from the bundle root. Rule files are named relative to this file."
+)
+TEST_INTERVAL = "1m"
+# Slack between a condition holding for `for` and the moment a test looks.
+TEST_MARGIN_MINUTES = 3
+
+
+# ---------------------------------------------------------------------------------------
+# Rules and test cases as plain data
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AlertRule:
+    name: str
+    expr: str
+    for_: str | None
+    labels: dict[str, str]
+    annotations: dict[str, str]
+
+    def to_dict(self) -> dict:
+        rule: dict = {"alert": self.name, "expr": self.expr}
+        if self.for_:
+            rule["for"] = self.for_
+        rule["labels"] = dict(sorted(self.labels.items()))
+        rule["annotations"] = self.annotations
+        return rule
+
+
+@dataclass(frozen=True)
+class ExpectedAlert:
+    labels: dict[str, str]
+    annotations: dict[str, str]
+
+    def to_dict(self) -> dict:
+        return {"exp_labels": dict(sorted(self.labels.items())), "exp_annotations": self.annotations}
+
+
+@dataclass(frozen=True)
+class AlertCase:
+    """One promtool test group: input series, then what one alertname shows at eval_time."""
+
+    title: str
+    input: dict[str, str]  # series -> values
+    eval_time: str
+    checks: tuple[tuple[str, tuple[ExpectedAlert, ...]], ...]  # (alertname, expected alerts)
+    interval: str = TEST_INTERVAL
+    promql_checks: tuple[dict, ...] = ()
+
+    def to_dict(self) -> dict:
+        group: dict = {
+            "name": self.title,
+            "interval": self.interval,
+            "input_series": [{"series": s, "values": v} for s, v in sorted(self.input.items())],
+        }
+        if self.checks:
+            group["alert_rule_test"] = [
+                {"eval_time": self.eval_time, "alertname": name, "exp_alerts": [e.to_dict() for e in expected]}
+                for name, expected in self.checks
+            ]
+        if self.promql_checks:
+            group["promql_expr_test"] = list(self.promql_checks)
+        return group
+
+
+@dataclass(frozen=True)
+class RunbookPage:
+    """What a runbook template gets to say about one alert."""
+
+    name: str
+    source: str  # pack | slo_burn | slo_absent | custom
+    summary: str
+    description: str
+    rules: tuple[AlertRule, ...]
+    key: str = ""
+    group: str = ""
+    unit: str | None = None
+    knobs: Knobs | None = None
+    pack_alert: PackAlert | None = None
+    slo: object | None = None
+    custom: CustomAlert | None = None
+    rate_window: str = ""
+    metric_names: tuple[str, ...] = ()
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def severities(self) -> list[str]:
+        return sorted({rule.labels.get("severity", "") for rule in self.rules})
+
+
+def rule_file(groups: list[dict]) -> str:
+    return dump_yaml({"groups": groups}, header=HEADER)
+
+
+def test_file(rule_files: list[str], cases: Iterable[AlertCase]) -> str:
+    data = {
+        "rule_files": [f"../rules/{name}" for name in rule_files],
+        "evaluation_interval": TEST_INTERVAL,
+        "tests": [case.to_dict() for case in cases],
+    }
+    return dump_yaml(data, header=TEST_HEADER)
+
+
+def minutes(duration: str) -> int:
+    return math.ceil(parse_duration(duration) / 60)
+
+
+# ---------------------------------------------------------------------------------------
+# The pack: effective levels and expressions
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Level:
+    severity: str
+    threshold: float | None  # None: a fixed condition
+    upper: float | None  # the next level's threshold (a warning level below its critical)
+
+
+def levels(alert: PackAlert, knob: Knobs) -> list[Level]:
+    if not alert.tunable:
+        return [Level(knob.severity, None, None)]
+    if alert.paired:
+        return [Level(knob.severity, knob.threshold, knob.critical), Level("critical", knob.critical, None)]
+    return [Level(knob.severity, knob.threshold, None)]
+
+
+def _by(labels: Iterable[str]) -> str:
+    return ", ".join(labels)
+
+
+def catalog_name_regex() -> str:
+    """Every sample name the exporter exposes (histograms as their _bucket/_count/_sum series)."""
+    names = []
+    for metric in CATALOG:
+        if metric.type == "histogram":
+            names += [f"{metric.name}_bucket", f"{metric.name}_count", f"{metric.name}_sum"]
+        else:
+            names.append(metric.name)
+    return "|".join(sorted(names))
+
+
+def pack_value_expr(alert: PackAlert, rate_window: str) -> str:
+    """The PromQL a pack alert compares with its threshold (or fixed condition)."""
+    by = _by(alert.by)
+    if alert.kind == "up":
+        return f"up{{{alert.match}}}"
+    if alert.kind == "missing_metrics":
+        # Up, but not one sample of the catalog: wrong path, wrong port, or not instrumented.
+        return (
+            f'up{{{SERVICE_LABEL}!=""}} == 1\n'
+            "unless on (job, instance)\n"
+            f'  group by (job, instance) ({{__name__=~"{catalog_name_regex()}"}})'
+        )
+    if alert.kind == "ratio":
+
+        def term(ref: MetricRef) -> str:
+            inner = f"rate({ref.selector()}[{rate_window}])" if alert.function == "rate" else ref.selector()
+            return f"sum by ({by}) ({inner})"
+
+        # Divide only where the denominator is above zero: no NaN at zero traffic.
+        return f"(\n  {term(alert.numerator)}\n/\n  ({term(alert.denominator)} > 0)\n)"
+    if alert.kind == "quantile":
+        ref = alert.metric
+        # A quantile only where there were observations: histogram_quantile of all-zero buckets is NaN.
+        return (
+            "(\n"
+            f"  histogram_quantile({number(alert.quantile)}, "
+            f"sum by ({by}, le) (rate({ref.selector('_bucket')}[{rate_window}])))\n"
+            f"  and on ({by})\n"
+            f"  sum by ({by}) (rate({ref.selector('_count')}[{rate_window}])) > 0\n"
+            ")"
+        )
+    if alert.kind == "gauge":
+        inner = alert.metric.selector()
+        return f"{alert.aggregate} by ({by}) ({inner})" if alert.by else inner
+    if alert.kind == "rate":
+        return f"sum by ({by}) (rate({alert.metric.selector()}[{rate_window}]))"
+    raise ValueError(f"unknown kind {alert.kind!r}")  # the loader refuses unknown kinds first
+
+
+def pack_expr(alert: PackAlert, threshold: float | None, rate_window: str) -> str:
+    """The PromQL of one level of a pack alert."""
+    value = pack_value_expr(alert, rate_window)
+    if alert.kind == "missing_metrics":
+        return value
+    compare = alert.condition if threshold is None else f"> {number(threshold)}"
+    return f"{value} {compare}"
+
+
+def format_threshold(unit: str | None, value: float) -> str:
+    if unit == "ratio":
+        return humanize_percentage(value)
+    if unit == "seconds":
+        return humanize_duration(value)
+    return humanize(value)
+
+
+def format_value(unit: str | None, value: float) -> str:
+    """A value for a test's title, with its unit."""
+    return format_threshold(unit, value) + ("/s" if unit == "per_second" else "")
+
+
+def description_for(alert: PackAlert, level: Level, knob: Knobs, rate_window: str) -> str:
+    text = alert.description.replace("[[for]]", knob.for_).replace("[[window]]", rate_window)
+    if level.threshold is not None:
+        text = text.replace("[[threshold]]", format_threshold(alert.unit, level.threshold))
+    return text
+
+
+def enabled_pack_alerts(spec: Spec) -> list[tuple[PackAlert, Knobs]]:
+    pack = load_pack()
+    chosen = []
+    for alert in pack.alerts:
+        if alert.in_pack and not spec.alerts.pack:
+            continue
+        knob = knobs(alert, spec.alerts.thresholds.get(alert.key))
+        if knob.enabled:
+            chosen.append((alert, knob))
+    return chosen
+
+
+def pack_rules(spec: Spec, topology: Topology, alert: PackAlert, knob: Knobs) -> list[AlertRule]:
+    rate_window = load_pack().rate_window
+    rules = []
+    for level in levels(alert, knob):
+        rules.append(AlertRule(
+            name=alert.alert,
+            expr=pack_expr(alert, level.threshold, rate_window),
+            for_=knob.for_,
+            labels={"severity": level.severity},
+            annotations={
+                "summary": alert.summary,
+                "description": description_for(alert, level, knob, rate_window),
+                "runbook_url": runbook_url(spec, topology, alert.alert),
+            },
+        ))
+    return rules
+
+
+# ---------------------------------------------------------------------------------------
+# The pack: unit-test scenarios (input series built from the value they must produce)
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Scenario:
+    input: dict[str, str]
+    value: float  # what the rule's expression evaluates to ($value)
+    labels: dict[str, str]  # the alert's labels from its expression
+
+
+def _matchers(text: str) -> list[tuple[str, str, str]]:
+    """(name, op, value) of a matcher list such as code!~"1000|1001"."""
+    if not text:
+        return []
+    import promql_parser
+
+    parsed = promql_parser.parse(f"x{{{text}}}")
+    ops = {"Equal": "=", "NotEqual": "!=", "Re": "=~", "NotRe": "!~"}
+    return [(m.name, ops[str(m.op).split(".")[-1]], m.value) for m in parsed.matchers.matchers]
+
+
+def _satisfies(labels: dict[str, str], matchers: list[tuple[str, str, str]]) -> bool:
+    for name, op, value in matchers:
+        actual = labels.get(name, "")
+        if op == "=" and actual != value:
+            return False
+        if op == "!=" and actual == value:
+            return False
+        if op == "=~" and not re.fullmatch(value, actual):
+            return False
+        if op == "!~" and re.fullmatch(value, actual):
+            return False
+    return True
+
+
+def metric_labels(ref: MetricRef, base: dict[str, str], example: dict[str, str], extra: dict[str, str] | None = None) -> dict[str, str]:
+    """Labels of a test series of ``ref``: the target's, then values that satisfy the ref's matchers."""
+    matchers = _matchers(ref.match)
+    labels = dict(base)
+    wanted = dict(example)
+    wanted.update(ref.example)
+    wanted.update(extra or {})
+    names = list(ref.metric.labels) if ref.metric is not None else []
+    names += [n for n in wanted if n not in names]
+    names += [n for n, op, _ in matchers if op == "=" and n not in names]
+    for name in names:
+        if name in labels:
+            continue
+        equal = [v for n, op, v in matchers if n == name and op == "="]
+        if name in wanted:
+            labels[name] = wanted[name]
+        elif equal:
+            labels[name] = equal[0]
+        else:
+            candidates = ref.metric.label_values.get(name, ()) if ref.metric is not None else ()
+            fitting = [c for c in candidates if _satisfies({name: c}, [m for m in matchers if m[0] == name])]
+            labels[name] = fitting[0] if fitting else "example"
+    return labels
+
+
+class ScenarioBuilder:
+    """Input series for one pack alert, for a target value of its expression (None: idle)."""
+
+    def __init__(self, alert: PackAlert, target: dict[str, str], samples: int):
+        self.alert = alert
+        self.target = target
+        self.samples = samples
+
+    def counter(self, per_minute: float) -> str:
+        return f"0+{number(per_minute)}x{self.samples}"
+
+    def gauge(self, value: float) -> str:
+        return f"{number(value)}x{self.samples}"
+
+    def expected_labels(self, labels: dict[str, str]) -> dict[str, str]:
+        if self.alert.kind in ("up", "missing_metrics") or not self.alert.by:
+            return {k: v for k, v in labels.items() if k != "__name__"}
+        return {name: labels.get(name, "") for name in self.alert.by}
+
+    def build(self, value: float | None) -> Scenario:
+        return getattr(self, f"_{self.alert.kind}")(value)
+
+    def _up(self, value: float | None) -> Scenario:
+        fire = value is not None
+        up = _fixed_value(self.alert.condition) if fire else 1.0
+        return Scenario({series("up", self.target): self.gauge(up)}, up, dict(self.target))
+
+    def _missing_metrics(self, value: float | None) -> Scenario:
+        data = {series("up", self.target): self.gauge(1)}
+        if value is None:  # idle: the service exposes its catalog metrics (at zero traffic)
+            metric = CATALOG[0]
+            ref = MetricRef(metric=metric)
+            data[series(metric.name, metric_labels(ref, self.target, {}))] = self.counter(0)
+        return Scenario(data, 1.0, dict(self.target))
+
+    def _ratio(self, value: float | None) -> Scenario:
+        alert = self.alert
+        denominator = 1000
+        if value:
+            while value * denominator < 100:
+                denominator *= 10
+        numerator = round((value or 0) * denominator)
+        num_labels = metric_labels(alert.numerator, self.target, alert.example)
+        den_labels = metric_labels(alert.denominator, self.target, alert.example)
+        if alert.function == "rate":
+            data = {
+                series(alert.numerator.concrete_name, num_labels): self.counter(numerator),
+                series(alert.denominator.concrete_name, den_labels): self.counter(denominator if value else 0),
+            }
+        else:  # gauges: the denominator (a capacity) stays when idle
+            data = {
+                series(alert.numerator.concrete_name, num_labels): self.gauge(numerator),
+                series(alert.denominator.concrete_name, den_labels): self.gauge(denominator),
+            }
+        if alert.numerator.decoy:
+            # Series the numerator's matchers must exclude, ten times larger: a broken matcher shows.
+            decoy = metric_labels(alert.numerator, self.target, alert.example, alert.numerator.decoy)
+            decoy.update(alert.numerator.decoy)
+            data[series(alert.numerator.concrete_name, decoy)] = (
+                self.counter(10 * denominator if value else 0) if alert.function == "rate" else self.gauge(0)
+            )
+        return Scenario(data, numerator / denominator, self.expected_labels(num_labels))
+
+    def _quantile(self, value: float | None) -> Scenario:
+        alert = self.alert
+        metric: Metric = alert.metric.metric
+        bounds = metric.buckets
+        labels = metric_labels(alert.metric, self.target, alert.example)
+        total = 100000  # observations per minute
+        if value is None:
+            cumulative = [0] * len(bounds)
+            total = 0
+            result = float("nan")
+        else:
+            cumulative, result = _quantile_buckets(bounds, alert.quantile, value, total)
+        data = {}
+        for bound, count in zip(bounds, cumulative):
+            data[series(f"{metric.name}_bucket", {**labels, "le": openmetrics_float(bound)})] = self.counter(count)
+        data[series(f"{metric.name}_bucket", {**labels, "le": "+Inf"})] = self.counter(total)
+        data[series(f"{metric.name}_count", labels)] = self.counter(total)
+        return Scenario(data, result, self.expected_labels(labels))
+
+    def _gauge(self, value: float | None) -> Scenario:
+        alert = self.alert
+        labels = metric_labels(alert.metric, self.target, alert.example)
+        if value is None:
+            value = alert.idle
+        elif not alert.tunable:
+            value = _fixed_value(alert.condition)
+        return Scenario({series(alert.metric.concrete_name, labels): self.gauge(value)}, value,
+                        self.expected_labels(labels))
+
+    def _rate(self, value: float | None) -> Scenario:
+        alert = self.alert
+        labels = metric_labels(alert.metric, self.target, alert.example)
+        per_second = value or 0.0
+        return Scenario({series(alert.metric.concrete_name, labels): self.counter(per_second * 60)}, per_second,
+                        self.expected_labels(labels))
+
+
+def _fixed_value(condition: str | None) -> float:
+    """A value that meets a fixed condition such as '== 0'."""
+    op, operand = condition.split()
+    operand = float(operand)
+    return {"==": operand, ">": operand + 1, ">=": operand, "<": operand - 1, "<=": operand, "!=": operand + 1}[op]
+
+
+def _quantile_buckets(bounds: tuple[float, ...], q: float, value: float, total: int) -> tuple[list[int], float]:
+    """Cumulative bucket counts whose q-quantile (as histogram_quantile interpolates it) is about ``value``.
+
+    Observations go into two buckets: k into the bucket (lo, hi] holding ``value``, the rest into
+    the first bucket; k is chosen so that the quantile's rank falls at ``value`` inside (lo, hi].
+    Returns the counts and the quantile they really give.
+    """
+    index = next(i for i, bound in enumerate(bounds) if value <= bound)
+    if index == 0:  # everything in the first bucket: the quantile is q of its bound
+        return [total] * len(bounds), q * bounds[0]
+    low, high = bounds[index - 1], bounds[index]
+    fraction = min((value - low) / (high - low), q)
+    inside = min(total, max(1, round((1 - q) * total / (1 - fraction))))
+    cumulative = [total - inside if i < index else total for i in range(len(bounds))]
+    rank = q * total - (total - inside)
+    return cumulative, low + (high - low) * rank / inside
+
+
+def _round3(value: float) -> float:
+    return float(f"{value:.3g}")
+
+
+def firing_value(alert: PackAlert, level: Level) -> float | None:
+    """A value above the level (below the next one), as round as possible."""
+    if level.threshold is None:
+        return 0.0  # any: fixed conditions ignore it
+    low, high = level.threshold, level.upper
+    if alert.kind == "quantile":
+        top = alert.metric.metric.buckets[-1]
+        high = top if high is None else min(high, top)
+    if high is not None:
+        target = (low + high) / 2
+    else:
+        if alert.unit == "ratio":
+            target = (low + 1) / 2 if low < 1 else low * 1.5
+        else:
+            target = low * 1.5 if low > 0 else 1.0
+    rounded = _round3(target)
+    return rounded if low < rounded and (high is None or rounded < high) else target
+
+
+def silent_value(alert: PackAlert, level: Level) -> float | None:
+    """A value below the lowest level, or None when only idle is below it."""
+    if level.threshold is None or level.threshold <= 0:
+        return None
+    if alert.kind == "quantile":
+        return alert.metric.metric.buckets[0] / 2
+    return _round3(level.threshold / 2)
+
+
+def pack_target(spec: Spec, topology: Topology, alert: PackAlert) -> dict[str, str]:
+    """The labels Prometheus attaches to series of the alert's test target."""
+    if alert.test_target == "service":
+        service = spec.services[0]
+        return {
+            "job": service.name,
+            "instance": topology.service_metrics_targets(service)[0],
+            SERVICE_LABEL: service.name,
+        }
+    return {"job": alert.test_target, "instance": stack_job_address(topology, alert.test_target)}
+
+
+def expected_alerts(alert: PackAlert, knob: Knobs, rules: list[AlertRule], scenario: Scenario) -> tuple[ExpectedAlert, ...]:
+    rate_window = load_pack().rate_window
+    expected = []
+    for level, rule in zip(levels(alert, knob), rules):
+        if level.threshold is not None and not scenario.value > level.threshold:
+            continue
+        labels = {**scenario.labels, **rule.labels}
+        text = description_for(alert, level, knob, rate_window)
+        annotations = {
+            "summary": rule.annotations["summary"],
+            "description": expand_template(text, labels, scenario.value),
+            "runbook_url": rule.annotations["runbook_url"],
+        }
+        expected.append(ExpectedAlert(labels, annotations))
+    return tuple(expected)
+
+
+def pack_cases(spec: Spec, topology: Topology, alert: PackAlert, knob: Knobs, rules: list[AlertRule]) -> list[AlertCase]:
+    rate_window = load_pack().rate_window
+    look = minutes(rate_window) + minutes(knob.for_) + TEST_MARGIN_MINUTES
+    eval_time = f"{look}m"
+    builder = ScenarioBuilder(alert, pack_target(spec, topology, alert), samples=look + 5)
+    alert_levels = levels(alert, knob)
+    cases = []
+    for level in reversed(alert_levels):
+        scenario = builder.build(firing_value(alert, level))
+        expected = expected_alerts(alert, knob, rules, scenario)
+        firing_levels = [lv for lv in alert_levels if lv.threshold is None or scenario.value > lv.threshold]
+        if level not in firing_levels or (level.upper is not None and scenario.value >= level.upper):
+            raise AssertionError(f"{alert.alert}: test input gives {scenario.value}, not within {level}")
+        what = f"at {format_value(alert.unit, scenario.value)}" if level.threshold is not None else "when its condition holds"
+        cases.append(AlertCase(
+            f"{alert.alert} fires ({level.severity}) {what}", scenario.input, eval_time, ((alert.alert, expected),)
+        ))
+    below = silent_value(alert, alert_levels[0])
+    if below is not None:
+        scenario = builder.build(below)
+        if not scenario.value < alert_levels[0].threshold:
+            raise AssertionError(f"{alert.alert}: silent input gives {scenario.value}")
+        cases.append(AlertCase(
+            f"{alert.alert} stays silent below its threshold (at {format_value(alert.unit, scenario.value)})",
+            scenario.input, eval_time, ((alert.alert, ()),),
+        ))
+    idle = builder.build(None)
+    no_nan: tuple[dict, ...] = ()
+    if alert.kind in ("ratio", "quantile"):
+        # Below any threshold is not enough: the value itself must be absent (or a real 0), not NaN.
+        samples = [{"labels": series("", idle.labels), "value": 0}] if alert.function == "none" else []
+        no_nan = ({"expr": pack_value_expr(alert, rate_window), "eval_time": eval_time, "exp_samples": samples},)
+    cases.append(AlertCase(f"{alert.alert} {IDLE_TITLES.get(alert.kind, 'stays silent at zero traffic')}",
+                           idle.input, eval_time, ((alert.alert, ()),), promql_checks=no_nan))
+    return cases
+
+
+IDLE_TITLES = {
+    "up": "stays silent while the target is up",
+    "missing_metrics": "stays silent while the service exposes its metrics, at zero traffic",
+}
+
+
+def idle_case(title: str, alerts: list[tuple[PackAlert, Knobs]], spec: Spec, topology: Topology) -> AlertCase:
+    """Every alert of a file at once, over the union of their idle inputs: none may fire."""
+    rate_window = load_pack().rate_window
+    look = max(minutes(rate_window) + minutes(k.for_) for _, k in alerts) + TEST_MARGIN_MINUTES
+    data: dict[str, str] = {}
+    for alert, _ in alerts:
+        idle = ScenarioBuilder(alert, pack_target(spec, topology, alert), samples=look + 5).build(None)
+        for name, values in idle.input.items():
+            if data.get(name, values) != values:
+                raise AssertionError(f"idle inputs disagree on {name}")
+            data[name] = values
+    names = sorted({alert.alert for alert, _ in alerts})
+    return AlertCase(title, data, f"{look}m", tuple((name, ()) for name in names))
+
+
+# ---------------------------------------------------------------------------------------
+# Custom alerts
+# ---------------------------------------------------------------------------------------
+
+
+def custom_rule(spec: Spec, topology: Topology, alert: CustomAlert) -> AlertRule:
+    return AlertRule(
+        name=alert.name,
+        expr=alert.expr,
+        for_=alert.for_,
+        labels={**alert.labels, "severity": alert.severity},
+        annotations={
+            "summary": alert.summary,
+            "description": alert.description,
+            "runbook_url": runbook_url(spec, topology, alert.name),
+        },
+    )
+
+
+def custom_cases(alert: CustomAlert, rule: AlertRule) -> list[AlertCase]:
+    if alert.tests is None:
+        if re.search(r"\babsent(_over_time)?\s*\(", alert.expr):
+            return []  # fires without data by design; only the spec's own tests can say when it is silent
+        look = f"{minutes(alert.for_) + TEST_MARGIN_MINUTES + 5}m"
+        return [AlertCase(f"{alert.name} stays silent with no data", {}, look, ((alert.name, ()),))]
+    test = alert.tests
+    labels = {**test.labels, **rule.labels}
+    annotations = {
+        "summary": alert.summary,
+        "description": test.description if test.description is not None else alert.description,
+        "runbook_url": rule.annotations["runbook_url"],
+    }
+    firing = {item.series: item.values for item in test.input}
+    silent = {item.series: item.values for item in test.silent_input}
+    return [
+        AlertCase(f"{alert.name} fires on the spec's test input", firing, test.eval_time,
+                  ((alert.name, (ExpectedAlert(labels, annotations),)),), interval=test.interval),
+        AlertCase(f"{alert.name} stays silent on the spec's silent input" if silent
+                  else f"{alert.name} stays silent with no data",
+                  silent, test.eval_time, ((alert.name, ()),), interval=test.interval),
+    ]
+
+
+# ---------------------------------------------------------------------------------------
+# Everything together
+# ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class RuleSet:
+    """Rule files and test files of one bundle, plus a runbook page per alert."""
+
+    rules: dict[str, list[dict]] = field(default_factory=dict)  # file name -> groups
+    tests: dict[str, tuple[list[str], list[AlertCase]]] = field(default_factory=dict)
+    pages: list[RunbookPage] = field(default_factory=list)
+
+
+def build(spec: Spec, topology: Topology) -> RuleSet:
+    pack: Pack = load_pack()
+    result = RuleSet()
+    chosen = enabled_pack_alerts(spec)
+    for group in pack.groups:
+        members = [(a, k) for a, k in chosen if a.group == group.name]
+        if not members:
+            continue
+        file = f"{group.name}.yml"
+        rules_out, cases = [], []
+        for alert, knob in members:
+            rules = pack_rules(spec, topology, alert, knob)
+            rules_out += [r.to_dict() for r in rules]
+            cases += pack_cases(spec, topology, alert, knob, rules)
+            result.pages.append(RunbookPage(
+                name=alert.alert, source="pack", summary=alert.summary, description=rules[0].annotations["description"],
+                rules=tuple(rules), key=alert.key, group=group.title, unit=alert.unit, knobs=knob, pack_alert=alert,
+                rate_window=pack.rate_window, metric_names=_metric_names(alert),
+            ))
+        cases.append(idle_case(f"{group.title}: no alert fires at zero traffic", members, spec, topology))
+        result.rules[file] = [{"name": f"{group.name}-alerts", "rules": rules_out}]
+        result.tests[file] = ([file], cases)
+
+    if spec.slos:
+        built = slo_rules.build(spec, topology)
+        result.rules[slo_rules.RECORDING_FILE] = built.recording_groups
+        result.rules[slo_rules.ALERTS_FILE] = built.alert_groups
+        result.tests[slo_rules.ALERTS_FILE] = ([slo_rules.ALERTS_FILE], built.alert_cases)
+        if built.recording_cases:
+            result.tests[slo_rules.RECORDING_FILE] = ([slo_rules.RECORDING_FILE], built.recording_cases)
+        result.pages += built.pages
+
+    if spec.alerts.custom:
+        rules_out, cases = [], []
+        for alert in spec.alerts.custom:
+            rule = custom_rule(spec, topology, alert)
+            rules_out.append(rule.to_dict())
+            cases += custom_cases(alert, rule)
+            result.pages.append(RunbookPage(
+                name=alert.name, source="custom", summary=alert.summary, description=alert.description,
+                rules=(rule,), custom=alert,
+            ))
+        result.rules["custom.yml"] = [{"name": "custom-alerts", "rules": rules_out}]
+        if cases:
+            result.tests["custom.yml"] = (["custom.yml"], cases)
+    return result
+
+
+def _metric_names(alert: PackAlert) -> tuple[str, ...]:
+    refs = [alert.metric, alert.numerator, alert.denominator]
+    names = []
+    for ref in refs:
+        if ref is None:
+            continue
+        names.append(ref.name_regex and f"{{__name__=~\"{ref.name_regex}\"}}" or ref.concrete_name)
+    if alert.kind in ("up", "missing_metrics"):
+        names.append("up")
+    return tuple(names)
+
+
+def runbook_pages(spec: Spec, topology: Topology) -> list[RunbookPage]:
+    return build(spec, topology).pages
+
+
+def render(spec: Spec, topology: Topology) -> dict[str, str]:
+    built = build(spec, topology)
+    files = {f"{RULES_DIR}/{name}": rule_file(groups) for name, groups in built.rules.items()}
+    for name, (rule_files, cases) in built.tests.items():
+        files[f"{TESTS_DIR}/{name}"] = test_file(rule_files, cases)
+    return files

@@ -1,0 +1,87 @@
+"""runbooks/<AlertName>.md: a page for every alert the bundle can fire (pack, SLO, custom).
+
+Pure: ``render(spec, topology)`` expands the Jinja2 templates shipped in alerts/runbooks/ (package
+data, read like any other bundled source). Each page says what the alert means, its impact, how
+to diagnose it (queries, dashboards, logs) and how to mitigate it.
+
+Every alert's ``runbook_url`` is ``<base>/<AlertName>.md`` (``runbook_url`` below). The default
+base is Grafana's public folder, where compose mounts the bundle's runbooks/
+(http://localhost:<grafana port>/public/runbooks); ``alerts.runbook_base_url`` points it at a
+wiki or a docs site instead. ``obsgen check`` maps any such URL back to ``runbooks/<file>`` in the
+bundle, so a link that would not resolve is caught before anyone is paged.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from importlib import resources
+
+import jinja2
+
+from stack.spec import Spec
+from stack.topology import Topology
+
+DIRECTORY = "runbooks"
+TEMPLATES = "runbooks"  # under the alerts package
+GRAFANA_PUBLIC_PATH = "/public/runbooks"
+
+
+def runbook_base_url(spec: Spec, topology: Topology) -> str:
+    if spec.alerts.runbook_base_url:
+        return spec.alerts.runbook_base_url.rstrip("/")
+    return f"http://localhost:{topology.port('grafana', 'http')}{GRAFANA_PUBLIC_PATH}"
+
+
+def runbook_url(spec: Spec, topology: Topology, alertname: str) -> str:
+    return f"{runbook_base_url(spec, topology)}/{alertname}.md"
+
+
+def runbook_path(alertname: str) -> str:
+    """Where the page for ``alertname`` lives in the bundle."""
+    return f"{DIRECTORY}/{alertname}.md"
+
+
+@lru_cache(maxsize=1)
+def _environment() -> jinja2.Environment:
+    def load(name: str) -> str | None:
+        source = resources.files("alerts").joinpath(TEMPLATES, name)
+        return source.read_text(encoding="utf-8") if source.is_file() else None
+
+    return jinja2.Environment(
+        loader=jinja2.FunctionLoader(load),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,  # Markdown, not HTML
+        keep_trailing_newline=True,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+
+
+def template_for(page) -> str:
+    """The template a page is rendered from: the alert's own, else its kind's generic one."""
+    own = f"{page.name}.md.j2"
+    if page.source == "pack" and resources.files("alerts").joinpath(TEMPLATES, own).is_file():
+        return own
+    return f"_{page.source}.md.j2"
+
+
+def render(spec: Spec, topology: Topology) -> dict[str, str]:
+    from stack.renderers.rules import runbook_pages  # the rules decide which alerts exist
+
+    environment = _environment()
+    files = {}
+    for page in runbook_pages(spec, topology):
+        text = environment.get_template(template_for(page)).render(page=page, spec=spec)
+        files[runbook_path(page.name)] = _tidy(text)
+    return files
+
+
+def _tidy(text: str) -> str:
+    """One trailing newline and no runs of blank lines, whatever the template's conditionals left."""
+    lines = [line.rstrip() for line in text.splitlines()]
+    tidy: list[str] = []
+    for line in lines:
+        if not line and tidy and not tidy[-1]:
+            continue
+        tidy.append(line)
+    return "\n".join(tidy).strip("\n") + "\n"
