@@ -25,4 +25,8 @@ RENDERERS: tuple[str, ...] = (
     "collector",
     "loki",
     "jaeger",
+    "prometheus",
+    "rules",
+    "alertmanager",
+    "runbooks",
 )

@@ -669,6 +669,13 @@ def build(spec: Spec, topology: Topology) -> RuleSet:
                 name=alert.alert, source="pack", summary=alert.summary, description=rules[0].annotations["description"],
                 rules=tuple(rules), key=alert.key, group=group.title, unit=alert.unit, knobs=knob, pack_alert=alert,
                 rate_window=pack.rate_window, metric_names=_metric_names(alert),
+                extra={
+                    "value_expr": pack_value_expr(alert, pack.rate_window),
+                    "levels": [
+                        (level.severity, None if level.threshold is None else format_threshold(alert.unit, level.threshold))
+                        for level in levels(alert, knob)
+                    ],
+                },
             ))
         cases.append(idle_case(f"{group.title}: no alert fires at zero traffic", members, spec, topology))
         result.rules[file] = [{"name": f"{group.name}-alerts", "rules": rules_out}]

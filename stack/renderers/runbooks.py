@@ -65,13 +65,34 @@ def template_for(page) -> str:
     return f"_{page.source}.md.j2"
 
 
+def links(spec: Spec, topology: Topology) -> dict:
+    """Where a person on call opens things, from their machine (published ports on localhost)."""
+
+    def url(component: str, port: str) -> str:
+        return f"http://localhost:{topology.port(component, port)}"
+
+    dashboards = []
+    if spec.dashboards.builtin:
+        from stack.renderers.dashboards import builtin_uids
+
+        dashboards = [(title, f"{url('grafana', 'http')}/d/{uid}") for uid, title in sorted(builtin_uids().items())]
+    return {
+        "grafana": url("grafana", "http"),
+        "prometheus": url("prometheus", "http"),
+        "alertmanager": url("alertmanager", "http"),
+        "jaeger": url("jaeger", "query"),
+        "dashboards": dashboards,
+    }
+
+
 def render(spec: Spec, topology: Topology) -> dict[str, str]:
     from stack.renderers.rules import runbook_pages  # the rules decide which alerts exist
 
     environment = _environment()
+    context = {"spec": spec, "links": links(spec, topology)}
     files = {}
     for page in runbook_pages(spec, topology):
-        text = environment.get_template(template_for(page)).render(page=page, spec=spec)
+        text = environment.get_template(template_for(page)).render(page=page, **context)
         files[runbook_path(page.name)] = _tidy(text)
     return files
 
