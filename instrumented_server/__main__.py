@@ -73,6 +73,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if not config.telemetry:
         logging.basicConfig(level=config.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    if config.log_level != "debug":
+        # websockets logs every connection at INFO: noise at thousands of connections.
+        logging.getLogger("websockets").setLevel(logging.WARNING)
     try:
         asyncio.run(run(config))
     except ValueError as exc:  # a telemetry argument refused by exporter.instrument

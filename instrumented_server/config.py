@@ -203,7 +203,7 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | N
     if secret_file is None:
         raise ConfigError(f"--jwt-secret-file (or {ENV_PREFIX}JWT_SECRET_FILE) is required: "
                           "a file holding the HS256 secret, e.g. `head -c 32 /dev/urandom | base64 > secret`")
-    config.jwt_secret = _read_secret(str(secret_file))
+    config.jwt_secret = read_secret_file(str(secret_file))
 
     namespaces_file = values.pop("namespaces_file", None)
     if namespaces_file is not None:
@@ -234,7 +234,7 @@ def parse_args(argv: Sequence[str] | None = None, environ: Mapping[str, str] | N
     return config
 
 
-def _read_secret(path: str) -> str:
+def read_secret_file(path: str) -> str:
     try:
         text = Path(path).read_text(encoding="utf-8")
     except OSError as exc:
