@@ -29,4 +29,5 @@ RENDERERS: tuple[str, ...] = (
     "rules",
     "alertmanager",
     "runbooks",
+    "compose",
 )

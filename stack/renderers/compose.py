@@ -47,6 +47,7 @@ JWT_SECRET = "server_jwt_secret"  # signs the built-in server's client tokens; g
 BUILD_CONTEXT = "${OBSGEN_SOURCE_DIR:-..}"
 DATA_VOLUMES = ("prometheus", "alertmanager", "loki", "grafana")
 RESTART = "unless-stopped"
+LOADGEN_RUN_SECONDS = 3600
 HEALTH_TIMING = {"interval": "10s", "timeout": "5s", "retries": 5, "start_period": "20s"}
 
 
@@ -345,10 +346,13 @@ def _loadgen(spec: Spec, topology: Topology, service: Service) -> dict:
     port = _server_port(service)
     return {
         **_server_build(spec),
+        # Steady load at the load generator's default rate; it prints a report every hour and
+        # is started again, so the dashboards always have traffic to show.
         "command": [
             "python", "-m", "instrumented_server.loadgen",
-            "--url", f"ws://{host}:{port}",
+            "--url", f"ws://{host}:{port}/",
             "--jwt-secret-file", f"/run/secrets/{JWT_SECRET}",
+            "--duration", str(LOADGEN_RUN_SECONDS),
         ],
         "volumes": [f"{SECRETS_VOLUME}:/run/secrets:ro"],
         "depends_on": _healthy(service.name),

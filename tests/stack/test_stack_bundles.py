@@ -112,7 +112,8 @@ def test_every_available_validator_accepts_the_bundle(load, tmp_path):
             continue
         has_input = any(fnmatch.fnmatch(path, pattern) for path in bundle)
         assert not (registered(renderers) and has_input), f"{result.name} skipped although its input exists:\n{report}"
-        assert not registered(renderers) or result.name in OPTIONAL_INPUTS.get(spec.project, ()), (
+        optional = (*OPTIONAL_INPUTS.get(spec.project, ()), *OPTIONAL_FOR_TARGET.get(spec.target, ()))
+        assert not registered(renderers) or result.name in optional, (
             f"{result.name} was skipped ({result.detail}) although renderer(s) {sorted(renderers & set(RENDERERS))} "
             f"are registered:\n{report}"
         )
@@ -123,6 +124,10 @@ OPTIONAL_INPUTS: dict[str, tuple[str, ...]] = {
     # dashboards.builtin: false and no custom dashboards.
     "slos-only": ("dashboard uids",),
 }
+
+
+# Inputs a target does not produce: native processes (local) need no compose file.
+OPTIONAL_FOR_TARGET: dict[str, tuple[str, ...]] = {"local": ("docker-compose config",)}
 
 
 # The bundle layout agreed in stack/renderers/__init__.py, by the renderer that writes each part.

@@ -24,25 +24,6 @@ SPECS = Path(__file__).parent / "specs"
 COMPONENTS = ("collector", "prometheus", "alertmanager", "loki", "jaeger", "grafana")
 
 
-@pytest.fixture(autouse=True)
-def notification_secrets(monkeypatch):
-    """Alertmanager's secret names for the receivers of the specs used here."""
-    names = {
-        "team-slack": ("api_url",), "pager": ("routing_key",), "chatops": ("url_secret",), "mail": ("auth_password",),
-    }
-
-    def secret_files(spec):
-        found = {}
-        for receiver in spec.notifications.receivers:
-            for field in names.get(receiver.name, ()):
-                ref = getattr(receiver, field, None)
-                if ref is not None:
-                    found[f"{receiver.name}-{field}"] = ref
-        return found
-
-    monkeypatch.setattr(compose, "notification_secrets", secret_files)
-
-
 def make_spec(**fields) -> Spec:
     fields.setdefault("services", [{"name": "ws", "builtin": True, "port": 8765, "metrics": {"port": 8765}}])
     return Spec.model_validate({"version": 1, "project": "demo", **fields})
@@ -173,9 +154,9 @@ def test_file_secrets_are_compose_secrets_and_env_secrets_are_passed_to_the_stag
     document = rendered(spec)
     secrets_dir = str(SPECS / "secrets")
     assert document["secrets"] == {
-        "chatops-url_secret": {"file": f"{secrets_dir}/chatops-url"},
-        "mail-auth_password": {"file": f"{secrets_dir}/smtp-password"},
-        "team-slack-api_url": {"file": f"{secrets_dir}/slack-api-url"},
+        "alertmanager_chatops_url": {"file": f"{secrets_dir}/chatops-url"},
+        "alertmanager_mail_auth_password": {"file": f"{secrets_dir}/smtp-password"},
+        "alertmanager_team-slack_api_url": {"file": f"{secrets_dir}/slack-api-url"},
     }
     stager = document["services"]["secrets"]
     assert sorted(stager["secrets"]) == sorted(document["secrets"])
@@ -214,7 +195,9 @@ def test_the_instrumented_server_with_redis_the_collector_and_a_load_generator()
     assert server["depends_on"]["redis"] == {"condition": "service_healthy"}
     loadgen = services["ws-loadgen"]
     assert loadgen["command"][:3] == ["python", "-m", "instrumented_server.loadgen"]
-    assert "ws://ws:8765" in loadgen["command"]
+    assert loadgen["command"][3:] == [
+        "--url", "ws://ws:8765/", "--jwt-secret-file", "/run/secrets/server_jwt_secret", "--duration", "3600",
+    ]
     assert loadgen["depends_on"] == {"ws": {"condition": "service_healthy"}}
 
 
@@ -297,15 +280,15 @@ def test_the_stager_copies_files_takes_variables_and_generates_the_token_key_onc
 
     result = run_stager(document, staged, sources, environ)
     assert result.returncode == 0, result.stderr
-    assert (staged / "team-slack-api_url").read_text() == "value of team-slack-api_url\n"
-    assert (staged / "pager-routing_key").read_text() == "pd-key with 'quotes' and $dollars"
+    assert (staged / "alertmanager_team-slack_api_url").read_text() == "value of alertmanager_team-slack_api_url\n"
+    assert (staged / "alertmanager_pager_routing_key").read_text() == "pd-key with 'quotes' and $dollars"
     assert (staged / "grafana_admin_password").read_text() == "s3cret"
     token_key = (staged / "server_jwt_secret").read_text()
     assert len(token_key.strip()) >= 40
     assert oct((staged / "grafana_admin_password").stat().st_mode & 0o777) == "0o600"
     owners = dict(line.split(" ")[::-1] for line in (staged / ".owners").read_text().splitlines())
     assert owners[f"{staged}/grafana_admin_password"] == "472"
-    assert owners[f"{staged}/pager-routing_key"] == "65534"
+    assert owners[f"{staged}/alertmanager_pager_routing_key"] == "65534"
     assert owners[f"{staged}/server_jwt_secret"] == "10001"
     assert not list(staged.glob(".*.tmp"))
 
@@ -322,6 +305,28 @@ def test_the_stager_stops_the_stack_when_a_variable_is_missing(tmp_path):
     assert result.returncode == 1
     assert "set the environment variable GRAFANA_ADMIN_PASSWORD" in result.stderr
     assert not (staged / "grafana_admin_password").exists()
+
+
+def test_secret_names_are_the_ones_alertmanager_reads():
+    from stack.renderers import alertmanager
+
+    spec = spec_file("all-receivers.yaml")
+    topology = Topology(spec)
+    config = yaml.safe_load(alertmanager.render(spec, topology)["alertmanager/alertmanager.yml"])
+    read = {value for path, value in _leaves(config) if path.endswith("_file")}
+    staged = {f"/run/secrets/{name}" for name, _, reader in compose.staged_secrets(spec) if reader == "alertmanager"}
+    assert read == staged and len(read) == 4
+
+
+def _leaves(node, path=""):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _leaves(value, str(key))
+    elif isinstance(node, list):
+        for item in node:
+            yield from _leaves(item, path)
+    else:
+        yield path, node
 
 
 def test_no_secret_value_or_file_content_is_in_the_compose_file():
