@@ -54,6 +54,8 @@ add_note() { NOTES+=("$1"); }
 # Pinned versions (one place: stack/data/versions.yaml) and the manifest's agreement with them.
 # ---------------------------------------------------------------------------------------------
 command -v python3 >/dev/null || die "python3 is needed to read $VERSIONS"
+python3 -c 'import yaml' 2>/dev/null \
+  || die "python3 cannot import yaml: pip install -e . (or apt-get install python3-yaml) first"
 pin() {
   python3 - "$VERSIONS" "$1" <<'PY'
 import sys, yaml
