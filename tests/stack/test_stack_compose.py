@@ -431,3 +431,24 @@ def test_dockerignore_sends_every_package_the_build_installs_and_nothing_else():
 def test_a_publish_address_that_is_not_ipv4_is_refused():
     with pytest.raises(ValidationError, match="'localhost' is not an IPv4 address"):
         make_spec(publish={"bind": "localhost"})
+
+
+def test_the_server_and_the_load_generator_accept_what_compose_gives_them(tmp_path):
+    # The real parsers: a renamed flag or variable fails here, not in a container.
+    from instrumented_server import loadgen
+    from instrumented_server.config import parse_args
+
+    services = rendered(make_spec())["services"]
+    key = tmp_path / "server_jwt_secret"
+    key.write_text("a" * 44 + "\n")
+    environment = {name: value.replace("/run/secrets/server_jwt_secret", str(key))
+                   for name, value in services["ws"]["environment"].items()}
+    config = parse_args([], environ=environment)
+    assert (config.host, config.port, config.broker) == ("0.0.0.0", 8765, "redis")
+    assert (config.redis_url, config.otlp_endpoint, config.logs) == ("redis://redis:6379/0", "http://collector:4318", "otlp")
+    assert config.service_name == "ws" and config.telemetry is True
+
+    command = services["ws-loadgen"]["command"]
+    args = loadgen.build_parser().parse_args(command[3:])
+    assert (args.url, args.jwt_secret_file, float(args.duration)) == (
+        "ws://ws:8765/", "/run/secrets/server_jwt_secret", 3600.0)
