@@ -452,3 +452,18 @@ def test_the_server_and_the_load_generator_accept_what_compose_gives_them(tmp_pa
     args = loadgen.build_parser().parse_args(command[3:])
     assert (args.url, args.jwt_secret_file, float(args.duration)) == (
         "ws://ws:8765/", "/run/secrets/server_jwt_secret", 3600.0)
+
+
+
+def test_the_docker_build_context_holds_every_tracked_file_of_the_installed_packages():
+    # No Docker engine here: check that .dockerignore lets through every file git tracks under
+    # the packages `pip install` builds (their package data included), and nothing from tests.
+    patterns = [line.strip() for line in (REPO / ".dockerignore").read_text().splitlines()
+                if line.strip() and not line.startswith("#")]
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())
+    packages = tuple(name.rstrip("*") + "/" for name in project["tool"]["setuptools"]["packages"]["find"]["include"])
+    tracked = subprocess.run(["git", "ls-files"], cwd=REPO, capture_output=True, text=True, check=True).stdout.split()
+    in_packages = [path for path in tracked if path.startswith(packages)]
+    assert any(path == "collector/pipelines.yaml" for path in in_packages)
+    assert [path for path in in_packages if _ignored(path, patterns)] == []
+    assert [path for path in tracked if path.startswith("tests/") and not _ignored(path, patterns)] == []
