@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -179,6 +180,27 @@ def test_init_writes_a_starter_that_loads(tmp_path):
     spec = load_spec_file(path)
     assert spec.version == 1
     assert "#" in path.read_text(), "the starter explains itself in comments"
+
+
+def uncomment_examples(text: str) -> str:
+    """The starter with its commented-out YAML examples switched on (its prose stays comments)."""
+    lines = []
+    for number, line in enumerate(text.splitlines()):
+        match = re.match(r"^(\s*)# (\s*(?:[A-Za-z_][\w-]*:(?:\s.*)?|- .*))$", line)
+        is_header = number < 12  # the opening prose and commands
+        lines.append(match.group(1) + match.group(2) if match and not is_header else line)
+    return "\n".join(lines) + "\n"
+
+
+def test_init_starters_commented_examples_are_valid_too(tmp_path):
+    starter = (Path(__file__).parents[2] / "stack" / "data" / "starter.yaml").read_text()
+    path = tmp_path / "obsgen.yaml"
+    path.write_text(uncomment_examples(starter))
+    spec = load_spec_file(path)
+    assert {r.type for r in spec.notifications.receivers} == {"webhook", "slack", "pagerduty", "email"}
+    assert spec.alerts.thresholds and spec.dashboards.custom and spec.components.grafana.admin_password
+    assert len(spec.slos) == 2 and spec.notifications.route is not None
+    assert [s.builtin for s in spec.services] == [False, True]
 
 
 def test_init_refuses_to_overwrite_without_force(tmp_path):
