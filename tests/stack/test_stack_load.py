@@ -269,3 +269,9 @@ def test_the_default_spec_only_names_catalog_metrics():
     for name in names:
         base = re.sub(r"_(bucket|count|sum)$", "", name)
         assert name in BY_NAME or base in BY_NAME, f"{name} is not in exporter/catalog.py"
+
+
+def test_the_default_specs_commented_receivers_are_valid_when_switched_on():
+    text = re.sub(r"(?m)^(\s*)# (\s*(?:- type:|[a-z_]+:).*)$", r"\1\2", default_spec_text())
+    spec = load_spec(text, "default-with-examples.yaml")
+    assert {r.type for r in spec.notifications.receivers} == {"webhook", "slack", "pagerduty", "email"}
