@@ -23,15 +23,16 @@ HEADER = "Prometheus config rendered by obsgen from the project spec; edit the s
 
 # Scrape jobs for the stack's own components: job name -> (component, named port, metrics path,
 # honor_labels). A service's job carries the target label `service`; these never do, which is how
-# the alert rules tell the two apart (up{service!=""} vs up{service=""}).
+# the alert rules tell the two apart (up{service!=""} vs up{service=""}). Job names cannot clash with
+# a service's: the spec refuses services named after a component, and service names have no "_".
 STACK_JOBS: dict[str, tuple[str, str, str, bool]] = {
     "prometheus": ("prometheus", "http", "/metrics", False),
     "alertmanager": ("alertmanager", "http", "/metrics", False),
     # The collector's own telemetry (receivers, processors, exporters, queues).
-    "otel-collector": ("collector", "metrics", "/metrics", False),
+    "collector": ("collector", "metrics", "/metrics", False),
     # OTLP metrics the collector received, re-exposed by its prometheus exporter. Their job and
     # instance come from the sender's resource (service.name, service.instance.id): keep them.
-    "otel-collector-exporter": ("collector", "prometheus", "/metrics", True),
+    "collector_exporter": ("collector", "prometheus", "/metrics", True),
     "jaeger": ("jaeger", "metrics", "/metrics", False),
     "loki": ("loki", "http", "/metrics", False),
     "grafana": ("grafana", "http", "/metrics", False),

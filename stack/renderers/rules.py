@@ -516,6 +516,9 @@ def pack_target(spec: Spec, topology: Topology, alert: PackAlert) -> dict[str, s
             "instance": topology.service_metrics_targets(service)[0],
             SERVICE_LABEL: service.name,
         }
+    if alert.test_target not in STACK_JOBS:
+        raise ValueError(f"alerts/pack.yaml alert {alert.key}: test_target {alert.test_target!r} is neither "
+                         f"'service' nor a stack job of prometheus.yml ({', '.join(STACK_JOBS)})")
     return {"job": alert.test_target, "instance": stack_job_address(topology, alert.test_target)}
 
 

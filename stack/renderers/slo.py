@@ -219,15 +219,34 @@ def alert_cases(spec: Spec, topology: Topology, slo: SLO, rules: list[dict]):
     eval_time, samples = f"{look}m", look + 5
     windows = sorted(settings.windows, key=parse_duration)
 
-    def data(burn: Decimal) -> dict[str, str]:
+    def data(burn: Decimal, only: tuple[str, ...] | None = None) -> dict[str, str]:
+        """Every window's recorded ratio: ``burn`` times the budget (only in ``only``, else 0)."""
         ratio = decimal_text(burn * budget(slo))
-        return {series(record(w), {"slo": slo.name}): f"{ratio}x{samples}" for w in windows}
+        return {
+            series(record(w), {"slo": slo.name}): f"{ratio if only is None or w in only else 0}x{samples}"
+            for w in windows
+        }
 
     def expected(rule: dict, burn: Decimal) -> ExpectedAlert:
         labels = dict(rule["labels"])
         annotations = dict(rule["annotations"])
         annotations["description"] = expand_template(annotations["description"], labels, float(burn))
         return ExpectedAlert(labels, annotations)
+
+    cases = []
+    # Each condition on its own: both of its windows burning fire the alert; the long window alone
+    # (the burn has stopped, the short window recovered) does not.
+    for rule, burn_alert in ((page_rule, settings.page), (ticket_rule, settings.ticket)):
+        for condition in burn_alert.conditions:
+            rate = _round3(burn_factor(slo, condition.long, condition.budget_percent) * Decimal("1.25"))
+            windows_pair = (condition.long, condition.short)
+            cases.append(AlertCase(
+                f"{burn_name} ({burn_alert.name}) fires when {condition.long} and {condition.short} burn at "
+                f"{decimal_text(rate)}x", data(rate, windows_pair), eval_time,
+                ((burn_name, (expected(rule, rate),)),)))
+            cases.append(AlertCase(
+                f"{burn_name} ({burn_alert.name}) stays silent when only {condition.long} burns at "
+                f"{decimal_text(rate)}x", data(rate, (condition.long,)), eval_time, ((burn_name, ()),)))
 
     fast = _round3(max(page_factors) * Decimal("1.25"))
     low_page = min(page_factors)
@@ -240,12 +259,14 @@ def alert_cases(spec: Spec, topology: Topology, slo: SLO, rules: list[dict]):
     absent_annotations = dict(absent["annotations"])
     absent_annotations["description"] = expand_template(absent_annotations["description"], absent_labels, 1.0)
     absent_expected = ExpectedAlert(absent_labels, absent_annotations)
-    return [
-        AlertCase(f"{burn_name} pages (and tickets) at {decimal_text(fast)}x burn", data(fast), eval_time,
+    return cases + [
+        AlertCase(f"{burn_name} pages and tickets at {decimal_text(fast)}x burn on every window", data(fast),
+                  eval_time,
                   ((burn_name, (expected(page_rule, fast), expected(ticket_rule, fast))), (absent_name, ()))),
         AlertCase(f"{burn_name} tickets but does not page at {decimal_text(steady)}x burn", data(steady), eval_time,
                   ((burn_name, (expected(ticket_rule, steady),)),)),
-        AlertCase(f"{burn_name} stays silent at {decimal_text(slow)}x burn", data(slow), eval_time, ((burn_name, ()),)),
+        AlertCase(f"{burn_name} stays silent at {decimal_text(slow)}x burn", data(slow), eval_time,
+                  ((burn_name, ()),)),
         AlertCase(f"{slo.name}: nothing fires at zero traffic", data(Decimal(0)), eval_time,
                   ((burn_name, ()), (absent_name, ()))),
         AlertCase(f"{absent_name} fires when the SLI has no data", {}, eval_time,
