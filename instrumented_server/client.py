@@ -100,6 +100,7 @@ class ClientStats:
 class Client:
     def __init__(self, url: str, token: TokenSource, *, origin: str | None = None, backoff: Backoff = Backoff(),
                  request_timeout: float = 10.0, refresh_margin: float = 0.2, max_events: int = 0,
+                 on_event: Callable[[dict[str, Any]], None] | None = None,
                  connect_kwargs: dict[str, Any] | None = None, rng: random.Random | None = None) -> None:
         self.url = url
         self._token = token
@@ -112,6 +113,8 @@ class Client:
         self.positions: dict[str, ChannelPosition] = {}
         self.stats = ClientStats()
         self.client_id: str | None = None
+        # Events go to ``on_event`` (called in the reader: cheap, must not block) or to the queue.
+        self.on_event = on_event
         self.events: asyncio.Queue[dict[str, Any]] = asyncio.Queue(max_events)
         self._ids = itertools.count(1)
         self._pending: dict[str, tuple[asyncio.Future[dict[str, Any]], Callable[[dict[str, Any]], None] | None]] = {}
@@ -450,6 +453,12 @@ class Client:
                 await self._subscribe(position)
 
     def _hand_over(self, event: dict[str, Any]) -> None:
+        if self.on_event is not None:
+            try:
+                self.on_event(event)
+            except Exception:
+                log.exception("on_event failed for a %s event", event["type"])
+            return
         try:
             self.events.put_nowait(event)
         except asyncio.QueueFull:

@@ -648,9 +648,16 @@ class Hub:
                 outbox.append(frame)
                 recipients += 1
         if recipients and not self._flush_scheduled:
-            self._flush_scheduled = True
-            (self._loop or asyncio.get_running_loop()).call_soon(self.flush)
+            self._schedule_flush()
         return recipients
+
+    def _schedule_flush(self) -> None:
+        self._flush_scheduled = True
+        loop = self._loop or asyncio.get_running_loop()
+        if self.config.write_delay:
+            loop.call_later(self.config.write_delay, self.flush)
+        else:
+            loop.call_soon(self.flush)  # runs after every callback already ready in this tick
 
     def flush(self) -> None:
         """Write each session's frames of this tick in one go; cut off those that do not read."""
@@ -679,8 +686,7 @@ class Hub:
             self._dirty.append(session)
         session.outbox.append(frame)
         if not self._flush_scheduled:
-            self._flush_scheduled = True
-            (self._loop or asyncio.get_running_loop()).call_soon(self.flush)
+            self._schedule_flush()
         self.telemetry.messages_sent(label, 1, len(frame))
 
     def _send_publication(self, session: Session, pub: Publication) -> None:

@@ -135,8 +135,9 @@ class Stats:
     closes: Counter = field(default_factory=Counter)  # close code -> count
     faults: Counter = field(default_factory=Counter)  # "fault -> outcome" -> count
     latency: LatencyHistogram = field(default_factory=LatencyHistogram)
-    cpu_seconds: float = 0.0
-    wall_seconds: float = 0.0
+    connect_seconds: float = 0.0  # ramp-up: opening and subscribing the subscribers
+    cpu_seconds: float = 0.0  # client CPU (user+sys) during the traffic phase, all processes
+    wall_seconds: float = 0.0  # length of the traffic phase (publishing + settle)
     worker_cpu: list[float] = field(default_factory=list)
 
     def merge(self, other: "Stats") -> None:
@@ -144,6 +145,7 @@ class Stats:
                      "resyncs", "reconnects", "connections", "cpu_seconds"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.wall_seconds = max(self.wall_seconds, other.wall_seconds)
+        self.connect_seconds = max(self.connect_seconds, other.connect_seconds)
         for name in ("errors", "closes", "faults"):
             getattr(self, name).update(getattr(other, name))
         self.latency.merge(other.latency)
@@ -183,7 +185,6 @@ class Run:
         self.stats = Stats()
         self.subscribers_per_channel: Counter[str] = Counter()
         self.clients: list[Client] = []
-        self.tasks: set[asyncio.Task[Any]] = set()
         self.stop = asyncio.Event()
         self.rng = random.Random(worker)
 
@@ -210,7 +211,8 @@ class Run:
 
     async def _start_subscriber(self, index: int) -> None:
         client = Client(self.config.url, self.token(f"load-sub-{index}"), backoff=Backoff(initial=0.1, cap=2.0),
-                        request_timeout=15.0, connect_kwargs={"max_queue": None})
+                        request_timeout=15.0, on_event=self._delivery_counter(),
+                        connect_kwargs={"max_queue": None, "proxy": None})
         try:
             await client.start()
             await client.subscribe(self.channel(index))
@@ -220,28 +222,31 @@ class Run:
             return
         self.stats.connections += 1
         self.clients.append(client)
-        self._spawn(self._consume(client))
 
-    async def _consume(self, client: Client) -> None:
+    def _delivery_counter(self) -> Callable[[dict[str, Any]], None]:
+        """One subscriber's event callback: latency, deliveries, and an order check per channel."""
         last: dict[str, int] = {}
-        latency = self.stats.latency
-        while True:
-            event = await client.events.get()
+        stats = self.stats
+        add_latency = stats.latency.add
+
+        def on_event(event: dict[str, Any]) -> None:
             type_ = event["type"]
             if type_ == "message":
                 payload = event["payload"]
                 data = payload.get("data")
                 if isinstance(data, dict) and "ts" in data:
-                    latency.add(max(0.0, time.time() - data["ts"]))
-                    self.stats.delivered += 1
+                    add_latency(max(0.0, time.time() - data["ts"]))
+                    stats.delivered += 1
                 offset, channel = payload["offset"], payload["channel"]
                 previous = last.get(channel)
                 if previous is not None and offset <= previous:
-                    self.stats.out_of_order += 1
+                    stats.out_of_order += 1
                 last[channel] = offset
             elif type_ == "resync":
-                self.stats.resyncs += 1
+                stats.resyncs += 1
                 last.pop(event["payload"].get("channel"), None)
+
+        return on_event
 
     # ------------------------------------------------------------------ publishers
 
@@ -255,7 +260,7 @@ class Run:
         publishers = []
         for i in mine:
             client = Client(config.url, self.token(f"load-pub-{i}"), backoff=Backoff(initial=0.1, cap=2.0),
-                            request_timeout=15.0)
+                            request_timeout=15.0, connect_kwargs={"proxy": None})
             await client.start()
             self.clients.append(client)
             publishers.append(client)
@@ -324,7 +329,8 @@ class Run:
 
     async def _raw(self, headers: dict[str, str] | None = None, **kwargs: Any):
         """A raw websockets connection, for faults the well-behaved client would never commit."""
-        return await connect(self.config.url, additional_headers=headers or {}, open_timeout=10, close_timeout=2, **kwargs)
+        return await connect(self.config.url, additional_headers=headers or {}, open_timeout=10, close_timeout=2,
+                             proxy=None, **kwargs)
 
     async def _until_closed(self, connection, timeout: float = 10.0) -> str:
         """Read until the server closes; the close code, or the first error code seen."""
@@ -476,30 +482,26 @@ class Run:
 
     # ------------------------------------------------------------------ orchestration
 
-    def _spawn(self, coro: Awaitable[Any]) -> None:
-        task = asyncio.ensure_future(coro)
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
     async def run(self) -> Stats:
-        started_cpu, started = _cpu(), time.monotonic()
+        started = time.monotonic()
         await self.start_subscribers()
+        self.stats.connect_seconds = time.monotonic() - started
         if self.barrier is not None:
             await asyncio.to_thread(self.barrier.wait, 120)
+        # CPU and time of the traffic phase only: that is what says whether the client kept up.
+        phase_cpu, phase_started = _cpu(), time.monotonic()
         await asyncio.gather(self.run_publishers(), self.run_faults())
         await asyncio.sleep(self.config.settle)
+        self.stats.cpu_seconds = _cpu() - phase_cpu
+        self.stats.wall_seconds = time.monotonic() - phase_started
+        self.stats.worker_cpu = [self.stats.cpu_seconds]
         self.stop.set()
         for client in self.clients:
             self.stats.reconnects += client.stats.reconnects
             self.stats.duplicates += client.stats.duplicates_dropped
             for code, count in client.stats.close_codes.items():
                 self.stats.closes[code] += count
-        for task in list(self.tasks):
-            task.cancel()
         await asyncio.gather(*(c.close() for c in self.clients), return_exceptions=True)
-        self.stats.wall_seconds = time.monotonic() - started
-        self.stats.cpu_seconds = _cpu() - started_cpu
-        self.stats.worker_cpu = [self.stats.cpu_seconds]
         return self.stats
 
 
@@ -571,7 +573,8 @@ def summary(config: LoadConfig, stats: Stats) -> str:
         ("target", f"{config.url}  ({config.subscribers} subscribers on {config.channels} channels, "
                    f"{config.publisher_count} publishers, {config.rate:g} msg/s for {config.duration:g} s, "
                    f"{config.processes} process(es))"),
-        ("connections", f"{stats.connections} subscribers connected, {stats.reconnects} reconnects"),
+        ("connections", f"{stats.connections} subscribers connected in {stats.connect_seconds:.1f} s, "
+                        f"{stats.reconnects} reconnects"),
         ("published", f"{stats.published} acknowledged, {stats.publish_failed} refused"),
         ("delivered", f"{stats.delivered} of {stats.expected} expected  (missing {stats.missing}, "
                       f"duplicates dropped by clients {stats.duplicates}, out of order {stats.out_of_order}, "
@@ -580,8 +583,8 @@ def summary(config: LoadConfig, stats: Stats) -> str:
          + f"  ({data['latency_samples']} samples)"),
         ("errors", _counts(data["errors"])),
         ("closes", _counts(data["closes"])),
-        ("client CPU", f"{stats.cpu_seconds:.2f} s in {stats.wall_seconds:.1f} s over {len(stats.worker_cpu)} "
-                       f"process(es); busiest process {busiest:.0%} of a core ({cores} cores)"
+        ("client CPU", f"{stats.cpu_seconds:.2f} s in the {stats.wall_seconds:.1f} s of traffic over "
+                       f"{len(stats.worker_cpu)} process(es); busiest process {busiest:.0%} of a core ({cores} cores)"
                        + ("  -> CLIENT-BOUND: figures limited by the load generator" if busiest > 0.9 else "")),
     ]
     for fault in sorted(data["faults"]):

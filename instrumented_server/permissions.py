@@ -47,7 +47,9 @@ class Namespace:
     publish: str = "all"
     presence: str = "subscribers"
     history: str = "subscribers"
-    join_leave: bool = True  # send join/leave events to the channel's subscribers
+    # Send join/leave events to the channel's subscribers. Off by default: each join is a fan-out
+    # to every subscriber, so N clients joining cost N²/2 events.
+    join_leave: bool = False
     private: bool = False
 
     def policy(self, action: str) -> str:

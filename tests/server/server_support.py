@@ -24,7 +24,7 @@ AUTH = Authenticator(SECRET)
 
 NAMESPACES = load_namespaces({
     "": {},
-    "chat": {"publish": "subscribers", "presence": "all"},
+    "chat": {"publish": "subscribers", "presence": "all", "join_leave": True},
     "news": {"publish": "claims"},
     "secure": {"private": True},
 })

@@ -237,18 +237,21 @@ async def test_forbidden_subscribe_learns_nothing(hub):
 async def test_presence_join_and_leave(hub):
     alice, alice_peer = connect(hub, "alice")
     bob, bob_peer = connect(hub, "bob")
-    await send(hub, alice, "subscribe", {"channel": "room"})
-    await send(hub, bob, "subscribe", {"channel": "room"})
+    await send(hub, alice, "subscribe", {"channel": "chat:room"})
+    await send(hub, bob, "subscribe", {"channel": "chat:room"})
     joins = alice_peer.of_type("join")
     assert [j["payload"]["user"] for j in joins] == ["bob"]
     assert bob_peer.of_type("join") == []  # not told about its own join
-    await send(hub, alice, "presence", {"channel": "room"}, "pr")
+    await send(hub, alice, "presence", {"channel": "chat:room"}, "pr")
     clients = reply(alice_peer, "pr")["payload"]["clients"]
     assert sorted(info["user"] for info in clients.values()) == ["alice", "bob"]
     await hub.close_session(bob, 1000)
     await settle()
     assert [e["payload"]["user"] for e in alice_peer.of_type("leave")] == ["bob"]
-    assert list((await hub.broker.presence("room")).values()) == [{"user": "alice"}]
+    assert list((await hub.broker.presence("chat:room")).values()) == [{"user": "alice"}]
+    await send(hub, alice, "subscribe", {"channel": "room"})  # the default namespace sends no join/leave
+    await send(hub, bob, "subscribe", {"channel": "room"})
+    assert len(alice_peer.of_type("join")) == 1
 
 
 async def test_unsubscribe_stops_delivery_and_releases_the_channel(hub):
@@ -348,3 +351,18 @@ async def test_close_session_forgets_everything(hub):
     deltas = hub.telemetry.named("subscriptions_changed")
     assert sum(d for _, d in deltas) == 0
     assert await hub.broker.presence("room") == {}
+
+
+async def test_write_delay_gathers_frames_across_ticks(hub):
+    hub.config.write_delay = 0.05
+    session, peer = connect(hub)
+    await send(hub, session, "subscribe", {"channel": "room"})
+    await asyncio.sleep(0.1)
+    peer.writes.clear()
+    publisher, _ = connect(hub, "pub")
+    for i in range(4):  # four separate ticks
+        await hub.handle(publisher, encode_command("publish", {"channel": "room", "data": i}, f"p{i}"))
+        await asyncio.sleep(0)
+    assert peer.writes == []
+    await asyncio.sleep(0.1)
+    assert len(peer.writes) == 1 and peer.offsets("room") == [1, 2, 3, 4]
