@@ -78,7 +78,6 @@ class ErrorCode(str, enum.Enum):
     MALFORMED = "malformed"  # not JSON, or not an object with a string "type"
     INVALID_FIELD = "invalid_field"  # a field is missing or has the wrong type or range
     UNKNOWN_TYPE = "unknown_type"  # "type" is not a client command
-    UNSUPPORTED_DATA = "unsupported_data"  # reserved: binary frames close with 1003 instead
     FORBIDDEN = "forbidden"  # the token does not grant this action on this channel
     UNKNOWN_NAMESPACE = "unknown_namespace"  # the channel's namespace is not configured
     NOT_SUBSCRIBED = "not_subscribed"  # unsubscribe (or a subscriber-only action) without a subscription
@@ -96,7 +95,6 @@ ERROR_REASON: Mapping[ErrorCode, str] = {
     ErrorCode.MALFORMED: "malformed",
     ErrorCode.INVALID_FIELD: "malformed",
     ErrorCode.UNKNOWN_TYPE: "unknown_type",
-    ErrorCode.UNSUPPORTED_DATA: "malformed",
     ErrorCode.FORBIDDEN: "forbidden",
     ErrorCode.UNKNOWN_NAMESPACE: "not_found",
     ErrorCode.NOT_SUBSCRIBED: "not_found",

@@ -130,3 +130,18 @@ def test_server_and_loadgen_processes_with_every_fault(processes, secret_file):
     stop_process(server)
     assert server.returncode == 0
     assert "draining" in server.stdout.read()
+
+
+def test_docs_cover_every_flag_close_code_error_code_and_fault():
+    from pathlib import Path
+
+    from instrumented_server.config import build_parser
+    from instrumented_server.loadgen import FAULTS
+    from instrumented_server.protocol import CloseCode, ErrorCode
+
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "server.md").read_text()
+    flags = [o for action in build_parser()._actions for o in action.option_strings if o.startswith("--") and o != "--help"]
+    assert [f for f in flags if f"`{f}`" not in docs] == []
+    assert [c for c in CloseCode if f"| {int(c)} |" not in docs] == []
+    assert [e.value for e in ErrorCode if f"`{e.value}`" not in docs] == []
+    assert [f for f in FAULTS if f"`{f}`" not in docs] == []
