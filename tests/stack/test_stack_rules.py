@@ -549,3 +549,9 @@ def test_a_custom_alert_test_with_the_wrong_expectation_fails(tmp_path):
     root = write(render(make_spec(alerts={"custom": [wrong]})), tmp_path)
     tested = promtool(root, "test", "rules", "prometheus/tests/custom.yml")
     assert tested.returncode != 0
+
+
+def test_docs_list_every_pack_alert():
+    docs = (Path(__file__).resolve().parents[2] / "docs" / "alerts.md").read_text(encoding="utf-8")
+    for alert in load_pack().alerts:
+        assert f"| `{alert.key}` | {alert.alert} |" in docs, f"docs/alerts.md does not list {alert.key}"
