@@ -12,6 +12,8 @@ What it guarantees, with the server's history: every publication of a subscribed
 to the application once, in offset order, across reconnects; when the server says the gap is too
 old, a ``resync`` event is handed over instead (reload the state from its source, then carry on).
 
+Given several URLs (instances of one service), each reconnect tries the next one.
+
 Close codes decide what happens next (``protocol.CloseCode``): 4001/4002/4003 stop the client
 (``AuthenticationFailed``: retrying the same credentials cannot help); 4006 reconnects at once
 with a fresh token; 1001 (server draining) reconnects after a short jittered pause; anything
@@ -28,7 +30,7 @@ import logging
 import random
 import time
 from dataclasses import dataclass, field
-from typing import Any, AsyncIterator, Awaitable, Callable, Union
+from typing import Any, AsyncIterator, Awaitable, Callable, Sequence, Union
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
@@ -98,11 +100,16 @@ class ClientStats:
 
 
 class Client:
-    def __init__(self, url: str, token: TokenSource, *, origin: str | None = None, backoff: Backoff = Backoff(),
+    def __init__(self, url: str | Sequence[str], token: TokenSource, *, origin: str | None = None, backoff: Backoff = Backoff(),
                  request_timeout: float = 10.0, refresh_margin: float = 0.2, max_events: int = 0,
                  on_event: Callable[[dict[str, Any]], None] | None = None,
                  connect_kwargs: dict[str, Any] | None = None, rng: random.Random | None = None) -> None:
-        self.url = url
+        # Several URLs (instances of one service): each reconnect tries the next one, so a client
+        # of a dead or draining instance moves on and resumes from its offsets over there.
+        self.urls = [url] if isinstance(url, str) else list(url)
+        if not self.urls:
+            raise ValueError("at least one URL is needed")
+        self._url_index = 0
         self._token = token
         self.origin = origin
         self.backoff = backoff
@@ -166,6 +173,10 @@ class Client:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
+
+    @property
+    def url(self) -> str:
+        return self.urls[self._url_index]
 
     @property
     def connected(self) -> bool:
@@ -276,7 +287,8 @@ class Client:
                     if code == CloseCode.RATE_LIMITED:
                         delay = max(delay, self.backoff.initial * 10)
                 attempt += 1
-                log.info("disconnected (%s %s); reconnecting in %.2fs", code, reason, delay)
+                self._url_index = (self._url_index + 1) % len(self.urls)
+                log.info("disconnected (%s %s); reconnecting to %s in %.2fs", code, reason, self.url, delay)
                 await asyncio.sleep(delay)
         finally:
             self._stopped.set()

@@ -284,3 +284,29 @@ async def test_slowloris_upgrade_is_dropped():
         assert await asyncio.wait_for(reader.read(), 5) == b""
         assert time.monotonic() - started < 2
         writer.close()
+
+
+async def test_metrics_exposition_passes_promtool_check_metrics():
+    import subprocess
+
+    from prometheus_client import CollectorRegistry
+
+    from exporter.instrument import instrument
+    from tests.conftest import require_binary
+
+    promtool = require_binary("promtool")
+    telemetry = instrument("test-server", registry=CollectorRegistry(), log_stdout=False, environ={})
+    try:
+        async with running_server(make_config(max_message_size=1000), telemetry=telemetry) as server:
+            async with Client.connect(server, token()) as client:  # traffic, so labelled series exist
+                await client.request("subscribe", {"channel": "room"})
+                await client.request("publish", {"channel": "room", "data": 1})
+                await client.request("subscribe", {"channel": "secure:x"})
+                await client.send("publish", {"channel": "room", "data": "x" * 2000})
+                await client.closed()
+            _, _, body = await http_get(server.port, "/metrics")
+    finally:
+        telemetry.shutdown(1.0)
+    result = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=30)
+    assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
+    assert b"websocket_disconnections_total" in body
