@@ -30,4 +30,5 @@ RENDERERS: tuple[str, ...] = (
     "alertmanager",
     "runbooks",
     "compose",
+    "processes",
 )

@@ -25,6 +25,7 @@ import shlex
 import yaml
 
 from stack.errors import RenderError
+from stack.renderers import commands
 from stack.spec import EnvSecret, FileSecret, Service, Spec, image_for
 from stack.topology import CONFIG_DIRS, PUBLISHED, Topology
 
@@ -172,7 +173,7 @@ def _staged() -> dict:
 def _collector(spec: Spec, topology: Topology) -> dict:
     return _service(
         spec, "collector",
-        command=[f"--config={CONFIG_DIRS['collector']}/config.yaml"],
+        command=commands.collector(spec, topology),
         volumes=[_config_mount("collector")],
         ports=_published(spec, topology, "collector"),
         # The image has no shell: no healthcheck; its dependants wait for it to start.
@@ -184,14 +185,7 @@ def _prometheus(spec: Spec, topology: Topology) -> dict:
     settings = spec.components.prometheus
     return _service(
         spec, "prometheus",
-        command=[
-            f"--config.file={CONFIG_DIRS['prometheus']}/prometheus.yml",
-            f"--storage.tsdb.path={topology.data_dir('prometheus')}",
-            f"--storage.tsdb.retention.time={settings.retention}",
-            f"--web.listen-address={topology.listen('prometheus', 'http')}",
-            "--web.enable-lifecycle",
-            "--enable-feature=exemplar-storage",
-        ],
+        command=commands.prometheus(spec, topology),
         volumes=[_config_mount("prometheus"), f"prometheus:{topology.data_dir('prometheus')}"],
         ports=_published(spec, topology, "prometheus"),
         healthcheck=_http_check(f"http://localhost:{topology.port('prometheus', 'http')}/-/ready"),
@@ -202,12 +196,7 @@ def _prometheus(spec: Spec, topology: Topology) -> dict:
 def _alertmanager(spec: Spec, topology: Topology) -> dict:
     return _service(
         spec, "alertmanager",
-        command=[
-            f"--config.file={CONFIG_DIRS['alertmanager']}/alertmanager.yml",
-            f"--storage.path={topology.data_dir('alertmanager')}",
-            f"--web.listen-address={topology.listen('alertmanager', 'http')}",
-            "--cluster.listen-address=",  # one instance: no gossip port
-        ],
+        command=commands.alertmanager(spec, topology),
         volumes=[
             _config_mount("alertmanager"),
             f"alertmanager:{topology.data_dir('alertmanager')}",
@@ -223,7 +212,7 @@ def _loki(spec: Spec, topology: Topology) -> dict:
     ready = f"http://localhost:{topology.port('loki', 'http')}/ready"
     return _service(
         spec, "loki",
-        command=[f"-config.file={CONFIG_DIRS['loki']}/config.yaml"],
+        command=commands.loki(spec, topology),
         volumes=[_config_mount("loki"), f"loki:{topology.data_dir('loki')}"],
         ports=_published(spec, topology, "loki"),
         # The image is distroless; Loki 3.7 checks itself (`loki -health`) without a shell.
@@ -236,7 +225,7 @@ def _jaeger(spec: Spec, topology: Topology) -> dict:
 
     return _service(
         spec, "jaeger",
-        command=[f"--config={CONFIG_DIRS['jaeger']}/config.yaml"],
+        command=commands.jaeger(spec, topology),
         volumes=[_config_mount("jaeger")],
         ports=_published(spec, topology, "jaeger"),
         healthcheck=_http_check(f"http://localhost:{topology.port('jaeger', 'health')}{HEALTH_PATH}"),
@@ -277,8 +266,7 @@ def _redis(spec: Spec, topology: Topology) -> dict:
     port = topology.port("redis", "redis")
     return _service(
         spec, "redis",
-        # The backplane carries live messages and short history: nothing worth persisting.
-        command=["redis-server", "--port", str(port), "--save", "", "--appendonly", "no"],
+        command=["redis-server", *commands.redis(spec, topology)],
         healthcheck={"test": ["CMD", "redis-cli", "-p", str(port), "ping"], **HEALTH_TIMING},
     )
 

@@ -1,0 +1,53 @@
+"""Command-line arguments of each stack component, for both targets.
+
+The compose file (containers) and local/processes.yaml (native binaries) start the same
+programs with the same flags; only the topology's paths and addresses differ. Keeping the
+flags here means a flag added for one target cannot be forgotten in the other.
+
+Pure: no I/O.
+"""
+
+from __future__ import annotations
+
+from stack.spec import Spec
+from stack.topology import Topology
+
+
+def collector(spec: Spec, topology: Topology) -> list[str]:
+    return [f"--config={topology.config_dir('collector')}/config.yaml"]
+
+
+def prometheus(spec: Spec, topology: Topology) -> list[str]:
+    return [
+        f"--config.file={topology.config_dir('prometheus')}/prometheus.yml",
+        f"--storage.tsdb.path={topology.data_dir('prometheus')}",
+        f"--storage.tsdb.retention.time={spec.components.prometheus.retention}",
+        f"--web.listen-address={topology.listen('prometheus', 'http')}",
+        "--web.enable-lifecycle",
+        "--enable-feature=exemplar-storage",
+    ]
+
+
+def alertmanager(spec: Spec, topology: Topology) -> list[str]:
+    return [
+        f"--config.file={topology.config_dir('alertmanager')}/alertmanager.yml",
+        f"--storage.path={topology.data_dir('alertmanager')}",
+        f"--web.listen-address={topology.listen('alertmanager', 'http')}",
+        "--cluster.listen-address=",  # one instance: no gossip port
+    ]
+
+
+def loki(spec: Spec, topology: Topology) -> list[str]:
+    return [f"-config.file={topology.config_dir('loki')}/config.yaml"]
+
+
+def jaeger(spec: Spec, topology: Topology) -> list[str]:
+    return [f"--config={topology.config_dir('jaeger')}/config.yaml"]
+
+
+def redis(spec: Spec, topology: Topology) -> list[str]:
+    # The backplane carries live messages and short history: nothing worth persisting.
+    args = ["--port", str(topology.port("redis", "redis")), "--save", "", "--appendonly", "no"]
+    if topology.local:
+        args += ["--bind", "127.0.0.1"]
+    return args
