@@ -56,3 +56,48 @@ async def test_killed_process_clients_resume_on_another_without_loss_or_duplicat
     finally:
         await subscriber.close()
         await publisher.close()
+
+
+async def test_redis_restart_degrades_to_local_delivery_and_recovers(redis_server):
+    from instrumented_server.broker.redis import RedisBroker
+    from tests.server.server_support import RecordingTelemetry, make_config, running_server
+
+    telemetry = RecordingTelemetry()
+    broker = RedisBroker(url=redis_server.url, timeout=0.3, backoff_initial=0.05, backoff_max=0.2)
+    async with running_server(make_config(), broker=broker, telemetry=telemetry) as server:
+        url = f"ws://127.0.0.1:{server.port}/"
+        events: list[dict] = []
+        async with Client(url, AUTH.mint("sub"), on_event=events.append) as subscriber, \
+                Client(url, AUTH.mint("pub"), request_timeout=3) as publisher:
+            await subscriber.subscribe("room")
+            assert (await publisher.publish("room", "stored"))["offset"] == 1
+
+            redis_server.kill()  # no persistence: everything in Redis is gone
+            outcomes = []
+            for i in range(5):
+                try:
+                    await publisher.publish("room", f"during-{i}")
+                    outcomes.append("acked")
+                except Exception as exc:
+                    outcomes.append(getattr(exc, "code", type(exc).__name__))
+            assert "acked" not in outcomes and "unavailable" in outcomes
+            assert ("broker",) in telemetry.named("error")
+
+            redis_server.start()
+            await eventually(lambda: broker.healthy, timeout=10)
+            ack = None
+            for _ in range(50):  # the first publishes may still meet the old connection
+                try:
+                    ack = await publisher.publish("room", "after")
+                    break
+                except Exception:
+                    await asyncio.sleep(0.1)
+            assert ack is not None
+            await eventually(lambda: any(e["type"] == "message" and e["payload"]["data"] == "after" for e in events))
+            types = [(e["type"], e["payload"].get("data")) for e in events]
+            # stored before; delivered locally (offset 0) during the outage; then a new epoch: resync, and on
+            assert types[0] == ("message", "stored")
+            assert types.index(("resync", None)) < types.index(("message", "after")) == len(types) - 1
+            local = [e for e in events if e["type"] == "message" and e["payload"]["offset"] == 0]
+            assert local and all(e["payload"]["data"].startswith("during-") for e in local)
+            assert len(types) == 1 + len(local) + 2  # nothing else, nothing twice
