@@ -52,6 +52,8 @@ log = logging.getLogger("instrumented_server.hub")
 # Channel names repeat; taking one apart is cheap but not free, so keep the recent ones.
 channel_info = functools.lru_cache(maxsize=4096)(parse_channel)
 
+BROKER_LOG_INTERVAL = 5.0  # seconds between two log lines about broker failures
+
 # The connection-level label of websocket_active_connections (connections are not per namespace).
 CONNECTION_NAMESPACE = "default"
 
@@ -116,10 +118,12 @@ class Hub:
         self.draining = False
         self._ip_messages = KeyedBuckets(config.ip_message_rate)
         self._broker_channels: set[str] = set()
-        self._broker_locks: dict[str, asyncio.Lock] = {}
+        self._broker_locks: dict[str, list[Any]] = {}  # channel -> [lock, users]
         self._dirty: list[Session] = []
         self._flush_scheduled = False
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._next_broker_log = 0.0
+        self._unlogged_broker_failures = 0
         self._loop: asyncio.AbstractEventLoop | None = None
         self._handlers: dict[str, Callable[[Session, Command], Awaitable[None]]] = {
             "connect": self._connect,
@@ -340,14 +344,12 @@ class Hub:
             else:
                 result = await self.broker.history(name, 0, None, 0)
         except Exception as exc:
-            log.warning("subscribe to %s failed: %s", name, exc)
-            self.telemetry.error("broker")
             state.recovering.pop(session, None)
             if session.subscriptions.get(name) is sub:
                 del session.subscriptions[name]
                 self.telemetry.subscriptions_changed(namespace_label(sub.channel.namespace), -1)
             await self._release(name)
-            self._error(session, ErrorCode.UNAVAILABLE, "the broker is unavailable: retry later", correlation_id)
+            self._broker_failed("subscribe", exc, session, correlation_id)
             return
 
         buffered = state.recovering.pop(session, None)
@@ -425,21 +427,14 @@ class Hub:
             self.telemetry.inject(metadata)  # deliveries, on any process, continue this trace
         try:
             pub = await self.broker.publish(name, command.data, metadata)
-        except BrokerUnavailable as exc:
-            # Degraded mode: the broker is sure nothing was stored and hands back a local-only
-            # copy for this process's subscribers. It is not acknowledged: the publisher may retry.
-            self.telemetry.error("broker")
-            if exc.publication is not None:
-                self.on_publication(exc.publication)
-                message = "the broker is unavailable: delivered to this server's subscribers only, not stored"
-            else:
-                message = "the broker is unavailable: retry later"
-            self._error(session, ErrorCode.UNAVAILABLE, message, command.message_id)
-            return
         except Exception as exc:
-            log.warning("publish to %s failed: %s", name, exc)
-            self.telemetry.error("broker")
-            self._error(session, ErrorCode.UNAVAILABLE, "the broker is unavailable: retry later", command.message_id)
+            local = exc.publication if isinstance(exc, BrokerUnavailable) else None
+            if local is not None:
+                # Degraded mode: the broker is sure nothing was stored and hands back a local-only
+                # copy for this process's subscribers. Not acknowledged: the publisher may retry.
+                self.on_publication(local)
+            self._broker_failed("publish", exc, session, command.message_id,
+                                "delivered to this server's subscribers only, not stored" if local else "retry later")
             return
         self._ack(session, command, {"channel": name, "offset": pub.offset, "epoch": pub.epoch})
 
@@ -451,9 +446,7 @@ class Hub:
         try:
             clients = await self.broker.presence(name)
         except Exception as exc:
-            log.warning("presence of %s failed: %s", name, exc)
-            self.telemetry.error("broker")
-            self._error(session, ErrorCode.UNAVAILABLE, "the broker is unavailable: retry later", command.message_id)
+            self._broker_failed("presence", exc, session, command.message_id)
             return
         self._ack(session, command, {"channel": name, "clients": {cid: dict(info) for cid, info in sorted(clients.items())}})
 
@@ -465,9 +458,7 @@ class Hub:
         try:
             result = await self.broker.history(name, command.since_offset or 0, command.epoch, command.limit or 0)
         except Exception as exc:
-            log.warning("history of %s failed: %s", name, exc)
-            self.telemetry.error("broker")
-            self._error(session, ErrorCode.UNAVAILABLE, "the broker is unavailable: retry later", command.message_id)
+            self._broker_failed("history", exc, session, command.message_id)
             return
         self._ack(session, command, {
             "channel": name, "epoch": result.epoch, "offset": result.latest_offset,
@@ -478,6 +469,23 @@ class Hub:
                 for p in result.publications
             ],
         })
+
+    def _broker_failed(self, what: str, exc: BaseException, session: Session | None = None,
+                       correlation_id: str | None = None, advice: str = "retry later") -> None:
+        """Count a broker failure, tell the client if there is one, log at most every few seconds."""
+        if session is not None:
+            self._error(session, ErrorCode.UNAVAILABLE, f"the broker is unavailable: {advice}", correlation_id)
+        else:
+            self.telemetry.error("broker")
+        now = self.monotonic()
+        if now >= self._next_broker_log:
+            # An outage fails every command: one line per interval, not one per command.
+            log.warning("broker %s failed: %s (%d similar failures not logged)", what, exc or type(exc).__name__,
+                        self._unlogged_broker_failures)
+            self._next_broker_log = now + BROKER_LOG_INTERVAL
+            self._unlogged_broker_failures = 0
+        else:
+            self._unlogged_broker_failures += 1
 
     def _allowed(self, session: Session, action: str, channel: Channel, command: Command) -> bool:
         sub = session.subscriptions.get(channel.name)
@@ -507,8 +515,7 @@ class Hub:
             try:
                 await self.broker.presence_remove(name, session.id)
             except Exception as exc:
-                log.warning("presence removal in %s failed: %s", name, exc)
-                self.telemetry.error("broker")
+                self._broker_failed("presence removal", exc)
         await self._release(name)
 
     async def _release(self, name: str) -> None:
@@ -519,16 +526,16 @@ class Hub:
             try:
                 await self._sync_broker(name)
             except Exception as exc:
-                log.warning("broker unsubscribe from %s failed: %s", name, exc)
-                self.telemetry.error("broker")
+                self._broker_failed("unsubscribe", exc)
 
     async def _sync_broker(self, name: str) -> None:
         """Make the broker subscription match local interest; serialised per channel."""
-        lock = self._broker_locks.get(name)
-        if lock is None:
-            lock = self._broker_locks[name] = asyncio.Lock()
+        entry = self._broker_locks.get(name)
+        if entry is None:
+            entry = self._broker_locks[name] = [asyncio.Lock(), 0]
+        entry[1] += 1  # users of this lock, waiting or holding: it is dropped only when none is left
         try:
-            async with lock:
+            async with entry[0]:
                 wanted = name in self.channels
                 if wanted and name not in self._broker_channels:
                     await self.broker.subscribe(name)
@@ -537,7 +544,8 @@ class Hub:
                     self._broker_channels.discard(name)
                     await self.broker.unsubscribe(name)
         finally:
-            if not lock.locked() and self._broker_locks.get(name) is lock:
+            entry[1] -= 1
+            if not entry[1]:
                 del self._broker_locks[name]
 
     # ------------------------------------------------------------------ token expiry
@@ -584,8 +592,8 @@ class Hub:
         if sub.namespace.presence != "none":
             try:
                 await self.broker.presence_remove(name, session.id)
-            except Exception:
-                self.telemetry.error("broker")
+            except Exception as exc:
+                self._broker_failed("presence removal", exc)
         await self._release(name)
 
     @staticmethod

@@ -126,8 +126,8 @@ class PubSubServer:
         self.telemetry = telemetry if telemetry is not None else NoopTelemetry()
         self.authenticator = Authenticator(config.jwt_secret, audience=config.jwt_audience, issuer=config.jwt_issuer)
         self.hub = Hub(broker, config, authenticator=self.authenticator, telemetry=self.telemetry)
-        self._connects = KeyedBuckets(config.ip_connect_rate)
-        self._open_per_ip: dict[str, int] = {}
+        # Per IP: a bucket of connection attempts, and (as its holders) the open connections.
+        self._per_ip = KeyedBuckets(config.ip_connect_rate)
         self._server: Server | None = None
         self.started = False
 
@@ -194,8 +194,8 @@ class PubSubServer:
         if self.hub.draining:
             return _text(503, "Service Unavailable", "draining: connect to another instance\n", {"Retry-After": "1"})
         ip = _ip(connection)
-        if not self._connects.take(ip, time.monotonic()) or (
-                self.config.max_connections_per_ip and self._open_per_ip.get(ip, 0) >= self.config.max_connections_per_ip):
+        if not self._per_ip.take(ip, time.monotonic()) or (
+                self.config.max_connections_per_ip and self._per_ip.holders(ip) >= self.config.max_connections_per_ip):
             self.telemetry.rate_limited("ip")
             self.telemetry.connection_rejected("rate_limited")
             return _text(429, "Too Many Requests", "too many connections from this address\n", {"Retry-After": "1"})
@@ -234,7 +234,7 @@ class PubSubServer:
             await connection.close(error.code, error.reason[:120])
             return
         ip = _ip(connection)
-        self._open_per_ip[ip] = self._open_per_ip.get(ip, 0) + 1
+        self._per_ip.acquire(ip)
         hub = self.hub
         session = hub.open_session(WebSocketPeer(connection), outcome, ip)
         try:
@@ -247,11 +247,7 @@ class PubSubServer:
             self.telemetry.error("internal")
             hub.close(session, CloseCode.INTERNAL_ERROR)
         finally:
-            count = self._open_per_ip.get(ip, 1) - 1
-            if count:
-                self._open_per_ip[ip] = count
-            else:
-                self._open_per_ip.pop(ip, None)
+            self._per_ip.release(ip)
             code = session.close_code or _close_code(connection, self.telemetry)
             await hub.close_session(session, code)
 
