@@ -158,7 +158,7 @@ class Command:
     since_offset: int | None = None  # history
     epoch: str | None = None  # history
     limit: int | None = None  # history
-    traceparent: Mapping[str, str] = field(default_factory=dict)  # W3C context sent by the client
+    traceparent: Mapping[str, str] = field(default_factory=dict)  # W3C context sent by the client, if any
 
 
 @dataclass(frozen=True, slots=True)
@@ -223,13 +223,13 @@ def parse_command(text: str | bytes) -> ParseResult:
             trace[key] = value
 
     if type_ == "ping":
-        return Command(type_, mid)
+        return Command(type_, mid, traceparent=trace)
 
     if type_ == "connect":
         token = payload.get("token")
         if not (isinstance(token, str) and 0 < len(token) <= TOKEN_MAX_LENGTH):
             return _field_error("connect needs payload.token, a non-empty string", mid, type_)
-        return Command(type_, mid, token=token)
+        return Command(type_, mid, token=token, traceparent=trace)
 
     channel = payload.get("channel")
     if not valid_channel(channel):
@@ -241,7 +241,7 @@ def parse_command(text: str | bytes) -> ParseResult:
     if type_ == "subscribe":
         recover = payload.get("recover")
         if recover is None:
-            return Command(type_, mid, channel=channel)
+            return Command(type_, mid, channel=channel, traceparent=trace)
         if not isinstance(recover, dict):
             return _field_error("payload.recover must be an object {offset, epoch}", mid, type_)
         offset, epoch = recover.get("offset"), recover.get("epoch")
@@ -249,7 +249,7 @@ def parse_command(text: str | bytes) -> ParseResult:
             return _field_error("payload.recover.offset must be a non-negative integer", mid, type_)
         if not (isinstance(epoch, str) and len(epoch) <= ID_MAX_LENGTH):
             return _field_error("payload.recover.epoch must be a string", mid, type_)
-        return Command(type_, mid, channel=channel, recover=Recover(offset, epoch))
+        return Command(type_, mid, channel=channel, recover=Recover(offset, epoch), traceparent=trace)
 
     if type_ == "publish":
         if "data" not in payload:
@@ -270,10 +270,10 @@ def parse_command(text: str | bytes) -> ParseResult:
             return _field_error("payload.epoch must be a string", mid, type_)
         if not (_is_int(limit) and 0 <= limit <= HISTORY_MAX_LIMIT):
             return _field_error(f"payload.limit must be an integer in 0..{HISTORY_MAX_LIMIT}", mid, type_)
-        return Command(type_, mid, channel=channel, since_offset=since, epoch=epoch, limit=limit)
+        return Command(type_, mid, channel=channel, since_offset=since, epoch=epoch, limit=limit, traceparent=trace)
 
     # unsubscribe, presence
-    return Command(type_, mid, channel=channel)
+    return Command(type_, mid, channel=channel, traceparent=trace)
 
 
 # ---------------------------------------------------------------------------------------------
