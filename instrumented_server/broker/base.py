@@ -16,7 +16,8 @@ Delivery rules every implementation keeps (tests/server/test_broker_contract.py 
   would get it twice.
 - Calls to ``on_publication`` are serial (never concurrent) and, per channel, in offset order.
 - After ``subscribe(channel)`` returns, every publication with an offset above the channel's
-  ``latest_offset`` at that moment is delivered. A delivered publication whose ``epoch`` differs
+  ``latest_offset`` at that moment is delivered (a few at or below it may arrive too, during the
+  call: compare offsets with each client's position). A delivered publication whose ``epoch`` differs
   from the one the hub last saw for the channel means history was lost in between: clients
   positioned in the old epoch must resync.
 

@@ -145,7 +145,10 @@ class _Wanted:
 
     epoch: str | None = None
     last_offset: int = 0  # the last offset delivered to on_publication
-    positioned: bool = False  # False until the first sync gives a starting point
+    # False until a starting point is read. It is read *before* SUBSCRIBE is sent, and the
+    # catch-up when Redis confirms the subscription delivers everything after it, so nothing
+    # published in between (after the read, before Redis registered the subscription) is missed.
+    positioned: bool = False
     synced: bool = False  # True once the current connection's subscription is caught up
     ready: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -194,6 +197,7 @@ class RedisBroker(Broker):
         backoff_initial: float = 0.05,
         backoff_max: float = 2.0,
         liveness_interval: float = 1.0,
+        max_connections: int = 32,
         clock: Callable[[], float] = time.time,
     ) -> None:
         check_limits(history_size, history_ttl)
@@ -203,6 +207,8 @@ class RedisBroker(Broker):
                              ("backoff_initial", backoff_initial), ("liveness_interval", liveness_interval)):
             if not value > 0:
                 raise ValueError(f"{label} must be positive seconds, got {value}")
+        if max_connections < 1:
+            raise ValueError(f"max_connections must be at least 1, got {max_connections}")
         if backoff_max < backoff_initial:
             raise ValueError("backoff_max must be at least backoff_initial")
         self.url = url
@@ -218,14 +224,18 @@ class RedisBroker(Broker):
         self._clock = clock
 
         # redis-py's own retries are off: the broker decides when to retry, and a command fails
-        # within one timeout instead of several.
-        self._redis = aioredis.Redis.from_url(
+        # within one timeout instead of several. The pool is bounded: a burst of publishes waits
+        # (within the timeout) for a connection instead of opening one each.
+        pool = aioredis.BlockingConnectionPool.from_url(
             url,
+            max_connections=max_connections,
+            timeout=timeout,
             socket_timeout=timeout,
             socket_connect_timeout=timeout,
             retry=Retry(NoBackoff(), 0),
             health_check_interval=0,
         )
+        self._redis = aioredis.Redis.from_pool(pool)  # closed with the client
         self._publish_script = self._redis.register_script(_PUBLISH)
         self._read_script = self._redis.register_script(_READ)
         self._presence_set_script = self._redis.register_script(_PRESENCE_SET)
@@ -330,8 +340,10 @@ class RedisBroker(Broker):
             self._conn, self._session_live, self._stop_reading = conn, True, False
             loop = asyncio.get_running_loop()
             self._last_seen = loop.time()
-            for wanted in self._wanted.values():
+            for channel, wanted in list(self._wanted.items()):
                 wanted.synced = False
+                if not wanted.positioned:  # subscribed during an outage
+                    await self._position(channel, wanted)
             names = [self._pub_name(channel) for channel in self._wanted]
             for start in range(0, len(names), SUBSCRIBE_BATCH):
                 await conn.send_command("SUBSCRIBE", *names[start : start + SUBSCRIBE_BATCH])
@@ -420,11 +432,16 @@ class RedisBroker(Broker):
         wanted.last_offset = publication.offset
         await self._deliver(publication)
 
-    async def _sync(self, channel: str, wanted: _Wanted) -> None:
-        """The subscription is confirmed: take a starting point, or catch up on what was missed."""
-        if not wanted.positioned:
-            epoch, latest, _ = await self._read_channel(channel, 1, count=0, create_epoch=False)
+    async def _position(self, channel: str, wanted: _Wanted) -> None:
+        """Take the channel's current (epoch, offset) as the point deliveries start after."""
+        epoch, latest, _ = await self._read_channel(channel, 1, count=0, create_epoch=False)
+        if not wanted.positioned:  # a concurrent sync may have positioned it meanwhile
             wanted.epoch, wanted.last_offset, wanted.positioned = epoch, latest, True
+
+    async def _sync(self, channel: str, wanted: _Wanted) -> None:
+        """The subscription is confirmed: deliver what was published since the starting point."""
+        if not wanted.positioned:  # subscribe() is still reading its position: start from now
+            await self._position(channel, wanted)
         else:
             await self._catch_up(channel, wanted, upto=None)
         wanted.synced = True
@@ -511,14 +528,19 @@ class RedisBroker(Broker):
         wanted = self._wanted.get(channel)
         if wanted is None:
             wanted = self._wanted[channel] = _Wanted()
-            conn = self._conn
-            if not self._session_live or conn is None:
-                return  # subscribed (and positioned) when the next session starts
+            if not self._session_live:
+                return  # positioned and subscribed when the next session starts
             try:
+                await self._position(channel, wanted)
+                conn = self._conn
+                if not self._session_live or conn is None or self._wanted.get(channel) is not wanted:
+                    return
                 await asyncio.wait_for(conn.send_command("SUBSCRIBE", self._pub_name(channel)), self.timeout)
             except _UNREACHABLE as error:
                 self._mark_down(error)
                 return
+            except (BrokerUnavailable, RedisError):
+                return  # the next session positions and subscribes it
         if self._session_live:
             try:
                 await asyncio.wait_for(wanted.ready.wait(), self.timeout)
