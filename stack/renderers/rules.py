@@ -133,10 +133,6 @@ class RunbookPage:
     metric_names: tuple[str, ...] = ()
     extra: dict = field(default_factory=dict)
 
-    @property
-    def severities(self) -> list[str]:
-        return sorted({rule.labels.get("severity", "") for rule in self.rules})
-
 
 def rule_file(groups: list[dict]) -> str:
     return dump_yaml({"groups": groups}, header=HEADER)
@@ -715,7 +711,7 @@ def _metric_names(alert: PackAlert) -> tuple[str, ...]:
     for ref in refs:
         if ref is None:
             continue
-        names.append(ref.name_regex and f"{{__name__=~\"{ref.name_regex}\"}}" or ref.concrete_name)
+        names.append(f'{{__name__=~"{ref.name_regex}"}}' if ref.name_regex else ref.concrete_name)
     if alert.kind in ("up", "missing_metrics"):
         names.append("up")
     return tuple(names)
