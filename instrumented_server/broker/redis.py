@@ -350,6 +350,8 @@ class RedisBroker(Broker):
             reader = asyncio.create_task(self._read(conn), name="redis-broker-reader")
             self._healthy = True
             self._became_healthy.set()
+            if self.outages:
+                logger.warning("redis broker: %s is back; resubscribed %d channels", self._safe_url, len(names))
             await self._refresh_presence()  # re-register this process's clients (Redis may be new)
             try:
                 await self._watch(conn, reader)
