@@ -683,8 +683,13 @@ class Hub:
                 session.open = False
                 continue
             if buffered > limit:
-                self.telemetry.error("slow_consumer")
-                self.close(session, CloseCode.SLOW_CONSUMER)
+                self.cut_off_slow(session)
+
+    def cut_off_slow(self, session: Session) -> None:
+        """A client that does not read what it is sent: close it (4008) before its backlog grows further."""
+        if session.open:
+            self.telemetry.error("slow_consumer")
+            self.close(session, CloseCode.SLOW_CONSUMER)
 
     def _send(self, session: Session, payload: bytes, label: str) -> None:
         if not session.open:

@@ -18,7 +18,7 @@ import asyncio
 import email.utils
 import logging
 import time
-from typing import Any
+from typing import Any, Callable
 
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.datastructures import Headers
@@ -45,9 +45,23 @@ REJECTED_STATUS = {
 
 
 class HubConnection(ServerConnection):
-    """A server connection that carries the outcome of the upgrade checks to the handler."""
+    """A server connection that carries the outcome of the upgrade checks to the handler, and
+    watches what websockets writes on its own (pongs, close frames) as well as what the hub writes."""
 
     auth: Identity | AuthError | None = None
+    # Set by the handler once the session exists: called when the write buffer passes the limit.
+    on_overflow: Callable[[], None] | None = None
+    max_buffer: int = 0
+
+    def data_received(self, data: bytes) -> None:
+        super().data_received(data)
+        # A client that sends pings (or anything websockets answers by itself) and never reads
+        # would grow the pong backlog without bound: hold it to the same limit as the fan-out.
+        if self.on_overflow is not None and self.transport.get_write_buffer_size() > self.max_buffer:
+            self.on_overflow()
+            # websockets still answers pings after sending its close frame: stop reading, so the
+            # backlog stops growing; the close timeout then drops the connection.
+            self.transport.pause_reading()
 
 
 class WebSocketPeer:
@@ -237,6 +251,8 @@ class PubSubServer:
         self._per_ip.acquire(ip)
         hub = self.hub
         session = hub.open_session(WebSocketPeer(connection), outcome, ip)
+        connection.max_buffer = self.config.max_outgoing_buffer
+        connection.on_overflow = lambda: hub.cut_off_slow(session)
         try:
             async for message in connection:
                 await hub.handle(session, message)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import socket
 import time
@@ -310,3 +311,35 @@ async def test_metrics_exposition_passes_promtool_check_metrics():
     result = subprocess.run([promtool, "check", "metrics"], input=body, capture_output=True, timeout=30)
     assert result.returncode == 0, result.stdout.decode() + result.stderr.decode()
     assert b"websocket_disconnections_total" in body
+
+
+async def test_ping_flood_without_reading_is_cut_off_with_bounded_memory():
+    from websockets.frames import Frame, Opcode
+
+    async with running_server(make_config(max_outgoing_buffer=64 * 1024, close_timeout=1.0)) as server:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.setblocking(False)
+        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+        reader, writer = await asyncio.open_connection(sock=sock)
+        writer.write((
+            "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+            f"Authorization: Bearer {token()}\r\n\r\n").encode())
+        await writer.drain()
+        assert b"101" in await reader.readline()
+        await eventually(lambda: len(server.hub.sessions) == 1)
+        session = next(iter(server.hub.sessions.values()))
+        transport = session.peer.transport
+        ping = Frame(Opcode.PING, b"p" * 125).serialize(mask=True)
+        peak = 0
+        with contextlib.suppress(ConnectionError):
+            for _ in range(400):  # up to 100,000 pings (12.7 MB of pongs), never reading one
+                writer.write(ping * 250)
+                await writer.drain()
+                peak = max(peak, transport.get_write_buffer_size())
+                if session.close_code is not None:
+                    break
+        assert session.close_code == CloseCode.SLOW_CONSUMER
+        assert peak < 64 * 1024 + 256 * 1024  # the limit plus the pongs for one read (asyncio reads 256 KiB)
+        writer.close()
