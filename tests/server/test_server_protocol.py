@@ -143,3 +143,51 @@ def test_text_frame_matches_websockets_own_serialisation(size):
     theirs = Frame(Opcode.TEXT, payload).serialize(mask=False)
     assert ours == theirs
     assert bytes(frame_payload(ours)) == payload
+
+
+# ------------------------------------------------------------------------- property tests
+
+from hypothesis import given, settings, strategies as st  # noqa: E402
+
+JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=True) | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=10), children, max_size=4),
+    max_leaves=20,
+)
+ENVELOPES = st.fixed_dictionaries(
+    {},
+    optional={
+        "type": st.sampled_from(COMMAND_TYPES + EVENT_TYPES + ("", "x")) | JSON,
+        "payload": st.fixed_dictionaries({}, optional={
+            "channel": st.sampled_from(["room", "$x", "a:b", "a b", "", "x" * 300]) | JSON,
+            "data": JSON, "token": JSON, "recover": JSON | st.fixed_dictionaries({"offset": JSON, "epoch": JSON}),
+            "since_offset": JSON, "limit": JSON, "epoch": JSON,
+        }) | JSON,
+        "metadata": st.fixed_dictionaries({}, optional={"message_id": JSON, "traceparent": JSON}) | JSON,
+    },
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(max_size=200) | st.binary(max_size=200))
+def test_any_text_parses_to_a_command_or_an_error(text):
+    result = parse_command(text)
+    assert isinstance(result, (Command, ProtocolError))
+
+
+@settings(max_examples=200, deadline=None)
+@given(ENVELOPES)
+def test_any_envelope_gives_a_valid_command_or_a_located_error(envelope):
+    try:
+        text = json.dumps(envelope)
+    except ValueError:
+        return
+    result = parse_command(text)
+    if isinstance(result, ProtocolError):
+        assert result.message and result.code in ErrorCode
+        return
+    assert result.type in COMMAND_TYPES
+    if result.type not in ("ping", "connect"):
+        assert protocol.valid_channel(result.channel)
+    if result.type == "publish":
+        json.loads(result.data)  # always valid, strict JSON
