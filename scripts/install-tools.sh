@@ -305,7 +305,9 @@ build_alertmanager() {
 build_jaeger() {
   local t0 commit key module=github.com/jaegertracing/jaeger
   t0=$(now_ms)
+  # A Jaeger of another version must not stay on PATH when this one is not built.
   if ! commit=$(jaeger_tag_commit "$JAEGER_VERSION"); then
+    rm -f "$BIN/jaeger" "$STATE/jaeger.key"
     add_row jaeger "-" "not built" "-" "-"
     add_note "jaeger v$JAEGER_VERSION: no tag commit recorded in $0 (jaeger_tag_commit)"
     return 0
@@ -316,6 +318,7 @@ build_jaeger() {
     return 0
   fi
   if failed_before jaeger "$key"; then
+    rm -f "$BIN/jaeger" "$STATE/jaeger.key"
     add_row jaeger "-" "not built" "-" "-"
     add_note "jaeger v$JAEGER_VERSION: go install failed (cached; --retry-failed retries): $(failure_reason jaeger)"
     return 0
@@ -329,6 +332,7 @@ build_jaeger() {
     return 0
   fi
   record_failure jaeger "$key" "$STATE/jaeger.log"
+  rm -f "$BIN/jaeger" "$STATE/jaeger.key"
   add_row jaeger "-" "not built" "-" "$(secs_since "$t0")"
   add_note "jaeger v$JAEGER_VERSION: go install failed: $(failure_reason jaeger)"
 }
