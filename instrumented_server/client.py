@@ -143,6 +143,8 @@ class Client:
         await self.wait_connected(timeout if timeout is not None else self.request_timeout)
 
     async def wait_connected(self, timeout: float) -> None:
+        if self._connected.is_set():
+            return  # the common case, on every request: no task, no wait
         waiter = asyncio.ensure_future(self._connected.wait())
         stopper = asyncio.ensure_future(self._stopped.wait())
         try:
@@ -162,6 +164,7 @@ class Client:
         if self._connection is not None:
             await self._connection.close(CloseCode.NORMAL)
         if self._runner is not None:
+            self._runner.cancel()  # it may be sleeping before a reconnect
             with contextlib.suppress(asyncio.CancelledError):
                 await self._runner
         for task in list(self._tasks):
@@ -216,11 +219,17 @@ class Client:
         await self.request("ping", {})
 
     async def request(self, type_: str, payload: dict[str, Any],
-                      on_reply: Callable[[dict[str, Any]], None] | None = None) -> dict[str, Any]:
-        """Send a command and return its ack payload; an error reply raises ``ClientError``."""
-        await self.wait_connected(self.request_timeout)
+                      on_reply: Callable[[dict[str, Any]], None] | None = None, *,
+                      wait_connected: bool = True) -> dict[str, Any]:
+        """Send a command and return its ack payload; an error reply raises ``ClientError``.
+
+        ``on_reply`` runs in the reader as soon as the reply is read, before any later event.
+        """
+        if wait_connected:
+            await self.wait_connected(self.request_timeout)
         connection = self._connection
-        assert connection is not None
+        if connection is None:
+            raise NotConnected()
         message_id = f"c{next(self._ids)}"
         future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._pending[message_id] = (future, on_reply)
@@ -366,26 +375,7 @@ class Client:
             if not reply.get("recovered"):
                 position.offset = reply.get("offset")
 
-        if not wait_connected:
-            return await self._send_now("subscribe", payload, on_ack)
-        return await self.request("subscribe", payload, on_ack)
-
-    async def _send_now(self, type_: str, payload: dict[str, Any], on_reply: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
-        """``request`` without waiting for ``connected`` (used while (re)connecting)."""
-        connection = self._connection
-        if connection is None:
-            raise NotConnected()
-        message_id = f"c{next(self._ids)}"
-        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
-        self._pending[message_id] = (future, on_reply)
-        try:
-            await connection.send(encode_command(type_, payload, message_id))
-            event = await asyncio.wait_for(future, self.request_timeout)
-        finally:
-            self._pending.pop(message_id, None)
-        if event["type"] == "error":
-            raise ClientError(event["payload"].get("code", "unknown"), event["payload"].get("message", ""))
-        return event["payload"]
+        return await self.request("subscribe", payload, on_ack, wait_connected=wait_connected)
 
     async def _read(self, connection: ClientConnection, first_event: asyncio.Future[dict[str, Any]]) -> None:
         try:
