@@ -1,4 +1,4 @@
-"""The `obsgen` command: render, init, schema, check.
+"""The `obsgen` command: render, init, schema, check, up, down.
 
 Exit codes: 0 ok; 1 drift (render --check) or a failed check; 2 a bad spec or bad usage
 (nothing written); 3 an internal error (a bug in obsgen: please report it). A user's mistake
@@ -94,6 +94,55 @@ def cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     return EXIT_FAILED if failed else EXIT_OK
 
 
+def cmd_up(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    import signal
+    import threading
+
+    from stack.up import UpError, down, up
+
+    bundle_dir = _bundle_dir(args.dir)
+    print(f"obsgen: starting the local stack of {bundle_dir}", file=out)
+    try:
+        report = up(bundle_dir, out=out, timeout=args.timeout)
+    except UpError as exc:
+        print(f"obsgen: {exc}", file=err)
+        return EXIT_FAILED
+    print(
+        f"obsgen: {len(report.started)} running, {len(report.skipped)} skipped; logs in {bundle_dir / 'logs'}",
+        file=out,
+    )
+    if args.detach:
+        print(f"obsgen: stop them with `obsgen down {args.dir}`", file=out)
+        return EXIT_OK
+    # Foreground: wait for Ctrl-C or SIGTERM, then stop everything this command started.
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    print("obsgen: press Ctrl-C to stop", file=out)
+    try:
+        while not stop.wait(1.0):
+            pass
+    except KeyboardInterrupt:
+        pass
+    down(bundle_dir, out=out)
+    return EXIT_OK
+
+
+def cmd_down(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
+    from stack.up import down
+
+    bundle_dir = _bundle_dir(args.dir)
+    stopped = down(bundle_dir, out=out)
+    print(f"obsgen: stopped {len(stopped)} process(es)" if stopped else "obsgen: nothing was running", file=out)
+    return EXIT_OK
+
+
+def _bundle_dir(arg: str) -> Path:
+    bundle_dir = Path(arg)
+    if not bundle_dir.is_dir():
+        raise UsageError(f"{bundle_dir} is not a directory (render one: obsgen render --target local --out {bundle_dir})")
+    return bundle_dir
+
+
 def spec_json_schema() -> dict:
     from stack.spec import Spec
 
@@ -152,6 +201,21 @@ def build_parser() -> argparse.ArgumentParser:
     check.add_argument("dir", metavar="DIR", help="a rendered bundle")
     check.add_argument("--strict", action="store_true", help="exit 1 when any check was skipped")
     check.set_defaults(func=cmd_check)
+
+    up_parser = commands.add_parser(
+        "up", help="run a --target local bundle on native binaries",
+        description="Start the installed components of a local bundle on 127.0.0.1 (plus Redis and the "
+        "instrumented server), wait until each is ready and print where each listens. Components that "
+        "are not installed are listed as skipped. Ctrl-C (or `obsgen down DIR`) stops what it started.",
+    )
+    up_parser.add_argument("dir", metavar="DIR", help="a bundle rendered with --target local")
+    up_parser.add_argument("--detach", "-d", action="store_true", help="return once everything is ready")
+    up_parser.add_argument("--timeout", type=float, default=60.0, help="seconds each process has to get ready")
+    up_parser.set_defaults(func=cmd_up)
+
+    down_parser = commands.add_parser("down", help="stop what `obsgen up DIR` started (and nothing else)")
+    down_parser.add_argument("dir", metavar="DIR", help="the bundle given to obsgen up")
+    down_parser.set_defaults(func=cmd_down)
     return parser
 
 
