@@ -259,16 +259,27 @@ async def test_metrics_endpoint_serves_the_exposition_and_counts_traffic():
         telemetry.shutdown(1.0)
 
 
+async def raw_upgrade(server, receive_buffer: int | None = None):
+    """A bare TCP client that completes the upgrade and then does only what the test makes it do."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    if receive_buffer is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write((
+        "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+        "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
+        f"Authorization: Bearer {token()}\r\n\r\n").encode())
+    await writer.drain()
+    assert b"101" in await reader.readline()
+    await eventually(lambda: len(server.hub.sessions) == 1)
+    return reader, writer
+
+
 async def test_dead_peer_is_closed_by_heartbeat():
     async with running_server(make_config(ping_interval=0.2, ping_timeout=0.2, close_timeout=0.3)) as server:
-        reader, writer = await asyncio.open_connection("127.0.0.1", server.port)
-        writer.write((
-            "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-            f"Authorization: Bearer {token()}\r\n\r\n").encode())
-        await writer.drain()
-        assert b"101" in await reader.readline()
-        await eventually(lambda: len(server.hub.sessions) == 1)
+        reader, writer = await raw_upgrade(server)
         # Never answer the pings: the server must drop us within a few intervals.
         started = time.monotonic()
         await eventually(lambda: len(server.hub.sessions) == 0, timeout=5)
@@ -317,18 +328,7 @@ async def test_ping_flood_without_reading_is_cut_off_with_bounded_memory():
     from websockets.frames import Frame, Opcode
 
     async with running_server(make_config(max_outgoing_buffer=64 * 1024, close_timeout=1.0)) as server:
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-        sock.setblocking(False)
-        await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", server.port))
-        reader, writer = await asyncio.open_connection(sock=sock)
-        writer.write((
-            "GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-            "Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n"
-            f"Authorization: Bearer {token()}\r\n\r\n").encode())
-        await writer.drain()
-        assert b"101" in await reader.readline()
-        await eventually(lambda: len(server.hub.sessions) == 1)
+        reader, writer = await raw_upgrade(server, receive_buffer=4096)  # and it never reads
         session = next(iter(server.hub.sessions.values()))
         transport = session.peer.transport
         ping = Frame(Opcode.PING, b"p" * 125).serialize(mask=True)
