@@ -65,10 +65,9 @@ def namespace_label(namespace: str) -> str:
 class ChannelState:
     """This process's view of one channel: its live subscribers and those still catching up."""
 
-    __slots__ = ("name", "subscribers", "recovering", "_snapshot", "last_offset", "epoch")
+    __slots__ = ("subscribers", "recovering", "_snapshot", "last_offset", "epoch")
 
-    def __init__(self, name: str) -> None:
-        self.name = name
+    def __init__(self) -> None:
         self.subscribers: dict[Session, None] = {}  # insertion-ordered set
         self.recovering: dict[Session, list[Publication]] = {}  # live publications held back
         self._snapshot: tuple[Session, ...] | None = None
@@ -160,8 +159,7 @@ class Hub:
     # ------------------------------------------------------------------ sessions
 
     def open_session(self, peer: Peer, identity: Identity, ip: str) -> Session:
-        session = Session(self.new_id(), peer, ip, identity,
-                          TokenBucket(self.config.message_rate, self.monotonic()), self.wall())
+        session = Session(self.new_id(), peer, ip, identity, TokenBucket(self.config.message_rate, self.monotonic()))
         self.sessions[session.id] = session
         self._ip_messages.acquire(ip)
         self.telemetry.connection_opened(CONNECTION_NAMESPACE)
@@ -331,7 +329,7 @@ class Hub:
         sub.resume = recover
         state = self.channels.get(name)
         if state is None:
-            state = self.channels[name] = ChannelState(name)
+            state = self.channels[name] = ChannelState()
         state.recovering[session] = []
         try:
             await self._sync_broker(name)

@@ -76,10 +76,6 @@ class WebSocketPeer:
         # Frames can be shared between connections only when no extension rewrites them.
         self.shared_frames = not connection.protocol.extensions
 
-    @property
-    def is_open(self) -> bool:
-        return self.protocol.state is OPEN
-
     def write(self, frames: list[bytes]) -> int:
         if self.protocol.state is not OPEN or self.transport.is_closing():
             return 0

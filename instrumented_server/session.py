@@ -23,9 +23,6 @@ class Peer(Protocol):
     def close(self, code: int, reason: str) -> None:
         """Start the closing handshake (without waiting for it)."""
 
-    @property
-    def is_open(self) -> bool: ...
-
 
 class Subscription:
     """A channel a session is subscribed to.
@@ -50,10 +47,9 @@ class Session:
     __slots__ = (
         "id", "peer", "ip", "identity", "subscriptions", "outbox", "open", "close_code",
         "bucket", "strikes", "protocol_errors", "suspended", "expiry_timer", "grace_timer",
-        "opened_at",
     )
 
-    def __init__(self, id: str, peer: Peer, ip: str, identity: Identity, bucket: TokenBucket, opened_at: float) -> None:
+    def __init__(self, id: str, peer: Peer, ip: str, identity: Identity, bucket: TokenBucket) -> None:
         self.id = id
         self.peer = peer
         self.ip = ip
@@ -68,7 +64,6 @@ class Session:
         self.suspended = False  # token expired, not yet refreshed: no command, no delivery
         self.expiry_timer = None
         self.grace_timer = None
-        self.opened_at = opened_at
 
     @property
     def user(self) -> str:

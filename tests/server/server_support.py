@@ -49,10 +49,6 @@ class FakePeer:
         self.closed: tuple[int, str] | None = None
         self.buffered = buffered
 
-    @property
-    def is_open(self) -> bool:
-        return self.closed is None
-
     def write(self, frames: list[bytes]) -> int:
         self.writes.append(list(frames))
         return self.buffered
