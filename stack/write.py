@@ -140,7 +140,7 @@ def _entries_to_carry(bundle: Mapping[str, bytes], out: Path) -> list[str]:
     # Inside directories obsgen manages, a file it did not write would be lost with the swap.
     previous_set = set(previous)
     strangers = [
-        path for path in _files_under(out, sorted(managed_top & new_top))
+        path for path in _files_under(out, sorted(name for name in managed_top if name in entries))
         if path not in previous_set and path != MANIFEST
     ]
     clashes = sorted(name for name in entries if name not in managed_top and name in new_top)

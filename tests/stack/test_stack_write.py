@@ -143,6 +143,16 @@ def test_refuses_to_drop_a_file_obsgen_did_not_write_inside_its_directories(tmp_
     assert (out / "prometheus" / "rules" / "hand-written.yml").exists()
 
 
+def test_refuses_to_drop_a_file_obsgen_did_not_write_with_a_directory_the_new_bundle_lacks(tmp_path):
+    out = tmp_path / "stack"
+    write_bundle(BUNDLE, out)
+    (out / "alertmanager" / "notes.md").write_text("mine\n")
+    without_alertmanager = {p: d for p, d in BUNDLE.items() if not p.startswith("alertmanager/")}
+    with pytest.raises(BundleWriteError, match="alertmanager/notes.md"):
+        write_bundle(without_alertmanager, out)
+    assert (out / "alertmanager" / "notes.md").read_text() == "mine\n"
+
+
 def test_an_empty_existing_directory_is_used(tmp_path):
     out = tmp_path / "stack"
     out.mkdir()
