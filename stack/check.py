@@ -76,7 +76,12 @@ def tool_dirs() -> list[Path]:
 
 
 def find_tool(tool: str) -> str | None:
-    for name in TOOL_NAMES.get(tool, (tool,)):
+    return find_executable(TOOL_NAMES.get(tool, (tool,)))
+
+
+def find_executable(names) -> str | None:
+    """The first of ``names`` found in the project's tool dirs, then on PATH."""
+    for name in names:
         for directory in tool_dirs():
             path = directory / name
             if path.is_file() and os.access(path, os.X_OK):

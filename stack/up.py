@@ -11,7 +11,6 @@ from __future__ import annotations
 import base64
 import json
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -23,6 +22,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import yaml
+
+from stack.check import find_executable
 
 MANIFEST = "local/processes.yaml"
 STATE_FILE = ".obsgen-up.json"
@@ -48,27 +49,10 @@ class UpReport:
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
 
 
-def tool_dirs() -> list[Path]:
-    """Where project-built tools live, searched before PATH."""
-    dirs = []
-    if os.environ.get("OBSGEN_TOOLS"):
-        dirs.append(Path(os.environ["OBSGEN_TOOLS"]) / "bin")
-    dirs.append(Path(__file__).resolve().parent.parent / ".tools" / "bin")
-    return dirs
-
-
 def find_binary(candidates: list[str]) -> str | None:
     if candidates == ["{python}"]:
-        return sys.executable
-    for name in candidates:
-        for directory in tool_dirs():
-            path = directory / name
-            if path.is_file() and os.access(path, os.X_OK):
-                return str(path)
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
+        return sys.executable  # the server runs on the interpreter that runs obsgen
+    return find_executable(candidates)
 
 
 def load_manifest(bundle: Path) -> dict:
