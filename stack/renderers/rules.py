@@ -186,6 +186,24 @@ def catalog_name_regex() -> str:
     return "|".join(sorted(names))
 
 
+# Where a name-regex selector keeps each series' metric name through rate() (see _rate).
+NAME_LABEL = "metric_name"
+
+
+def _rate(ref: MetricRef, rate_window: str, suffix: str = "") -> str:
+    """rate() of a metric reference over the window.
+
+    rate() drops the metric name, so two names a ``name_regex`` matches with otherwise equal
+    labels (a receiver refusing both spans and log records) would become one labelset twice and
+    the whole rule would fail to evaluate. For those, the name is copied into a label first and
+    the rate is taken over a subquery.
+    """
+    selector = ref.selector(suffix)
+    if ref.name_regex is None:
+        return f"rate({selector}[{rate_window}])"
+    return f'rate(label_replace({selector}, "{NAME_LABEL}", "$1", "__name__", "(.+)")[{rate_window}:])'
+
+
 def pack_value_expr(alert: PackAlert, rate_window: str) -> str:
     """The PromQL a pack alert compares with its threshold (or fixed condition)."""
     by = _by(alert.by)
@@ -201,7 +219,7 @@ def pack_value_expr(alert: PackAlert, rate_window: str) -> str:
     if alert.kind == "ratio":
 
         def term(ref: MetricRef) -> str:
-            inner = f"rate({ref.selector()}[{rate_window}])" if alert.function == "rate" else ref.selector()
+            inner = _rate(ref, rate_window) if alert.function == "rate" else ref.selector()
             return f"sum by ({by}) ({inner})"
 
         # Divide only where the denominator is above zero: no NaN at zero traffic.
@@ -212,16 +230,16 @@ def pack_value_expr(alert: PackAlert, rate_window: str) -> str:
         return (
             "(\n"
             f"  histogram_quantile({number(alert.quantile)}, "
-            f"sum by ({by}, le) (rate({ref.selector('_bucket')}[{rate_window}])))\n"
+            f"sum by ({by}, le) ({_rate(ref, rate_window, '_bucket')}))\n"
             f"  and on ({by})\n"
-            f"  sum by ({by}) (rate({ref.selector('_count')}[{rate_window}])) > 0\n"
+            f"  sum by ({by}) ({_rate(ref, rate_window, '_count')}) > 0\n"
             ")"
         )
     if alert.kind == "gauge":
         inner = alert.metric.selector()
         return f"{alert.aggregate} by ({by}) ({inner})" if alert.by else inner
     if alert.kind == "rate":
-        return f"sum by ({by}) (rate({alert.metric.selector()}[{rate_window}]))"
+        return f"sum by ({by}) ({_rate(alert.metric, rate_window)})"
     raise ValueError(f"unknown kind {alert.kind!r}")  # the loader refuses unknown kinds first
 
 

@@ -555,3 +555,29 @@ def test_docs_list_every_pack_alert():
     docs = (Path(__file__).resolve().parents[2] / "docs" / "alerts.md").read_text(encoding="utf-8")
     for alert in load_pack().alerts:
         assert f"| `{alert.key}` | {alert.alert} |" in docs, f"docs/alerts.md does not list {alert.key}"
+
+
+@pytest.mark.parametrize("alert_key", ["collector_refused", "collector_export_failures"])
+def test_name_regex_alerts_evaluate_when_two_matched_names_share_their_labels(alert_key, tmp_path):
+    """rate() drops the metric name: a receiver refusing spans and log records (same labels) must
+    give one summed series, not a "vector cannot contain metrics with the same labelset" error,
+    which the end-to-end test met on a real collector."""
+    alert = load_pack().by_key()[alert_key]
+    labels = {"instance": "collector:8888", "job": "collector", **alert.example}
+    text = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()))
+    names = {re.sub(r"(spans|log_records)", signal, alert.metric.example_name) for signal in ("spans", "log_records")}
+    assert len(names) == 2 and all(re.fullmatch(alert.metric.name_regex, n) for n in names), names
+    expected = ",".join(f'{k}="{v}"' for k, v in sorted(labels.items()) if k in alert.by)
+    root = write(render(make_spec()), tmp_path)
+    (root / "regression.yml").write_text(yaml.safe_dump({
+        "rule_files": ["prometheus/rules/stack.yml"],
+        "evaluation_interval": "1m",
+        "tests": [{
+            "interval": "1m",
+            "input_series": [{"series": f"{name}{{{text}}}", "values": "0+60x23"} for name in sorted(names)],
+            "promql_expr_test": [{"expr": rules.pack_value_expr(alert, load_pack().rate_window), "eval_time": "18m",
+                                  "exp_samples": [{"labels": f"{{{expected}}}", "value": 2}]}],
+        }],
+    }))
+    tested = promtool(root, "test", "rules", "regression.yml")
+    assert tested.returncode == 0, tested.stdout + tested.stderr
