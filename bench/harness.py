@@ -236,11 +236,13 @@ def start_redis(work: Workdir) -> tuple[Process, str]:
 
 
 def start_instrumented(work: Workdir, key: str, *, telemetry: bool = True, collector: bool = False,
-                       redis: bool = False, ping_interval: float = 20.0, extra: Sequence[str] = ()) -> Target:
-    """instrumented_server: (b) --no-telemetry, (c) exporting to a collector, (d) the same on Redis."""
+                       redis: bool = False, ping_interval: float = 20.0, extra: Sequence[str] = (),
+                       python: Sequence[str] = ()) -> Target:
+    """instrumented_server: (b) --no-telemetry, (c) exporting to a collector, (d) the same on Redis.
+    ``python`` replaces the interpreter command (e.g. ``python -m cProfile -o FILE``)."""
     secret = jwt_secret_file(work)
     helpers: dict[str, Process] = {}
-    argv = [sys.executable, "-m", "instrumented_server", "--host", "127.0.0.1", "--port", "0",
+    argv = [*(python or [sys.executable]), "-m", "instrumented_server", "--host", "127.0.0.1", "--port", "0",
             "--jwt-secret-file", str(secret), "--message-rate", "0", "--ping-interval", str(ping_interval),
             *extra]
     label = "instrumented_server"
