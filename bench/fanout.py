@@ -83,7 +83,7 @@ async def bench_target(key: str, sizes: list[int], modes: list[int], seconds: fl
                     log(f"[{key}] {size:>5} subscribers, {cell.mode:>6}: {cell.server_us:7.2f} µs/delivery, "
                         f"{cell.rate:9.0f} deliveries/s, busiest client {cell.client_max:3.0f}%")
                     cells.append(cell)
-            publisher.close()
+            await publisher.close()
             if publisher.errors:
                 log(f"[{key}] publish errors: {publisher.errors}")
     return cells

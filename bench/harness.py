@@ -427,9 +427,9 @@ class Publisher:
             self._ack_event.clear()
             await asyncio.wait_for(self._ack_event.wait(), timeout)
 
-    def close(self) -> None:
+    async def close(self) -> None:
         if self.connection is not None:
-            self.connection.close()
+            await self.connection.aclose()
 
 
 async def wait_delivered(pool: ClientPool, expected: int, timeout: float) -> int:

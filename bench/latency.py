@@ -104,7 +104,7 @@ async def bench_target(key: str, args: argparse.Namespace) -> tuple[Step, list[S
                 if not result.ok:
                     break
                 rate *= 2 ** 0.5
-            publisher.close()
+            await publisher.close()
     return fixed, rising
 
 

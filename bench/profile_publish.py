@@ -161,7 +161,7 @@ async def drive(work: Workdir, target: harness.Target, scenarios, seconds: float
             log(f"[{target.key}] {name}: {cell.server_us:.2f} µs server CPU per delivery, {cell.rate:.0f} deliveries/s")
             summaries = [summarise_raw(raw) for raw in await recording] if recording is not None else []
             results[name] = (summaries, cell)
-        publisher.close()
+        await publisher.close()
     return results
 
 

@@ -135,7 +135,8 @@ class RawConnection(asyncio.Protocol):
         self.closed = asyncio.get_running_loop().create_future()
         self.close_code: int | None = None
         self.pending = b""
-        self.is_open = False
+        self.is_open = False  # upgraded, and no close frame sent or received
+        self.close_sent = False
 
     # asyncio callbacks
 
@@ -151,7 +152,7 @@ class RawConnection(asyncio.Protocol):
             self.closed.set_result(self.close_code if self.close_code is not None else 1006)
 
     def data_received(self, data: bytes) -> None:
-        if self.is_open:
+        if self.upgraded.done():
             self._frames(data)
             return
         data = self.pending + data
@@ -217,7 +218,9 @@ class RawConnection(asyncio.Protocol):
                 self.transport.write(client_frame(buf[start:end], 0xA))  # type: ignore[union-attr]
             elif opcode == 0x8:
                 self.close_code = (buf[start] << 8 | buf[start + 1]) if length >= 2 else 1005
-                self.transport.write(client_frame(buf[start:start + 2], 0x8))  # type: ignore[union-attr]
+                if not self.close_sent:  # the server started the closing handshake: echo its code
+                    self.close_sent = True
+                    self.transport.write(client_frame(buf[start:start + 2], 0x8))  # type: ignore[union-attr]
                 self.transport.close()  # type: ignore[union-attr]
                 self.is_open = False
                 break
@@ -238,15 +241,26 @@ class RawConnection(asyncio.Protocol):
             self.transport.write(frames)
 
     def close(self, code: int = 1000) -> None:
+        """Start the closing handshake; TCP is dropped if the server has not closed it within 2 s."""
         if self.transport is None or self.transport.is_closing():
             return
-        if self.is_open:
-            self.transport.write(client_frame(struct.pack("!H", code), 0x8))
+        if self.is_open and not self.close_sent:
+            self.close_sent = True
             self.is_open = False
-            # The server answers with its own close frame and closes TCP; do not wait for it here.
+            self.transport.write(client_frame(struct.pack("!H", code), 0x8))
+            # The server answers with its own close frame and closes TCP.
             asyncio.get_running_loop().call_later(2.0, self.transport.abort)
         else:
             self.transport.abort()
+
+    async def aclose(self, code: int = 1000) -> None:
+        """Close and wait until TCP is closed (a server waits for its peers when it shuts down)."""
+        self.close(code)
+        try:
+            await asyncio.wait_for(asyncio.shield(self.closed), 3.0)
+        except asyncio.TimeoutError:
+            if self.transport is not None:
+                self.transport.abort()
 
 
 def upgrade_request(host: str, port: int, path: str = "/", headers: dict[str, str] | None = None) -> bytes:
