@@ -50,7 +50,8 @@ async def bench_target(key: str, args: argparse.Namespace) -> Result:
         target = harness.TARGETS[key](work, ping_interval=args.ping_interval)
         log(f"[{key}] {target.label}: pid {target.process.pid}, port {target.port}, "
             f"pings every {args.ping_interval:g}s")
-        async with ClientPool(work, args.workers) as pool:
+        async with ClientPool(work, args.workers, args.client) as pool:
+            args.client_used = pool.kind
             # Warm-up: a few connections opened and closed, so lazy imports and first-use caches
             # are in the RSS before the zero point.
             await pool.open(target, {"warm": 10})
@@ -112,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--ping-interval", type=float, default=5.0,
                         help="server heartbeat interval while measuring (scaled to 20 s in the report)")
     parser.add_argument("--idle-seconds", type=float, help="idle window for the heartbeat CPU (default 10; quick 2)")
-    parser.add_argument("--workers", type=int, default=4, help="client processes holding the connections")
+    harness.add_client_arguments(parser, workers=4)
     parser.add_argument("--concurrency", type=int, default=25, help="handshakes in flight per client process")
     args = parser.parse_args(argv)
     limit = wsclient.raise_fd_limit()
@@ -153,7 +154,8 @@ def main(argv: list[str] | None = None) -> int:
          "µs/ping", "% core per 1,000 at 20s", "busiest client %", "failed opens"], rows)
     for key, reason in skipped.items():
         print(f"({key}) not measured: {reason}")
-    print(f"{args.workers} client processes; open-file limit {limit} per process")
+    print(f"{args.workers} client processes ({getattr(args, 'client_used', '?')} client); "
+          f"open-file limit {limit} per process")
     harness.print_machine(started, harness.command_line())
     return 0
 

@@ -25,6 +25,9 @@ import harness
 from harness import ClientPool, CpuWindow, Publisher, Workdir, log
 
 
+CLIENT_USED = ["?"]  # the receiving client the pool used: go or python
+
+
 @dataclass
 class Cell:
     key: str
@@ -66,12 +69,14 @@ async def measure(target: harness.Target, pool: ClientPool, publisher: Publisher
                 window.client_max_percent, window.machine_percent, missing)
 
 
-async def bench_target(key: str, sizes: list[int], modes: list[int], seconds: float, workers: int) -> list[Cell]:
+async def bench_target(key: str, sizes: list[int], modes: list[int], seconds: float, workers: int,
+                       client: str) -> list[Cell]:
     cells = []
     with Workdir() as work:
         target = harness.TARGETS[key](work)
         log(f"[{key}] {target.label}: pid {target.process.pid}, port {target.port}")
-        async with ClientPool(work, workers) as pool:
+        async with ClientPool(work, workers, client) as pool:
+            CLIENT_USED[0] = pool.kind
             channels = {f"fan-{size}": size for size in sizes}
             opened = await pool.open(target, channels)
             if opened["failed"]:
@@ -95,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", default="abcd", help="which servers: a b c d (default all)")
     parser.add_argument("--seconds", type=float, help="measuring window per cell (default 2.5; quick 0.3)")
     parser.add_argument("--burst", type=int, default=10, help="publishes per burst (one write, one server tick)")
-    parser.add_argument("--workers", type=int, default=2, help="client processes for the subscribers")
+    harness.add_client_arguments(parser)
     args = parser.parse_args(argv)
     started = harness.machine()
     sizes = [1, 20] if args.quick else [1, 100, 1000]
@@ -106,7 +111,7 @@ def main(argv: list[str] | None = None) -> int:
     skipped: dict[str, str] = {}
     for key in args.targets:
         try:
-            cells += asyncio.run(bench_target(key, sizes, modes, seconds, args.workers))
+            cells += asyncio.run(bench_target(key, sizes, modes, seconds, args.workers, args.client))
         except RuntimeError as exc:  # a missing binary or a server that would not start: say so, go on
             skipped[key] = str(exc).splitlines()[0]
             log(f"[{key}] skipped: {exc}")
@@ -136,7 +141,7 @@ def main(argv: list[str] | None = None) -> int:
         ["subs", "publishes", "a µs", "b µs", "c µs", "d µs", "b/a", "c/a", "d/a", "client-bound"], rows)
     for key, reason in skipped.items():
         print(f"({key}) not measured: {reason}")
-    print(f"client processes: {args.workers} receiving workers + the publishing driver; "
+    print(f"client processes: {args.workers} receiving workers ({CLIENT_USED[0]} client) + the publishing driver; "
           f"client-bound = a client process above {harness.CLIENT_BOUND:.0f}% of a core")
     harness.print_machine(started, harness.command_line())
     return 0

@@ -2,8 +2,9 @@
 
 - Servers (the bare baseline, instrumented_server in its variants, otelcol, redis-server) run as
   separate processes on 127.0.0.1, on free ports, each stopped by its own pid when the run ends.
-- Subscribers live in separate client processes (``bench/wsclient.py`` workers); the driver
-  process only publishes. CPU is read per process from the OS (psutil), so the server's figure
+- Subscribers live in separate client processes, ``bench/wsclient.py`` (Python) or
+  ``bench/goclient`` (Go, built into ``.cache/bench`` on first use) workers, one core each; the
+  driver process only publishes. CPU is read per process from the OS (psutil), so the server's figure
   is the server's and the report can say whether a client process was saturated.
 - Progress goes to stderr; the table, the figures and the machine they came from go to stdout last.
 """
@@ -13,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import contextlib
+import hashlib
 import json
 import mmap
 import os
@@ -273,11 +275,49 @@ TARGETS = {
 # ------------------------------------------------------------------------------------- clients
 
 
-class ClientPool:
-    """Client worker processes; connections are spread over them round-robin."""
+def go_client() -> str | None:
+    """The Go receiving client (bench/goclient), built into .cache/bench on first use; None without Go."""
+    go = shutil.which("go")
+    source = BENCH / "goclient"
+    if go is None or not source.is_dir():
+        return None
+    digest = hashlib.sha256(b"".join(p.read_bytes() for p in sorted(source.glob("*")) if p.is_file())).hexdigest()
+    binary = REPO / ".cache" / "bench" / f"wsclient-go-{digest[:12]}"
+    if not binary.exists():
+        binary.parent.mkdir(parents=True, exist_ok=True)
+        log(f"building the Go client: go build -o {os.path.relpath(binary, REPO)} ./bench/goclient")
+        proc = subprocess.run([go, "build", "-o", str(binary), "."], cwd=source, capture_output=True, text=True,
+                              env={**os.environ, "GOTOOLCHAIN": "local", "GOFLAGS": "-mod=mod", "CGO_ENABLED": "0"})
+        if proc.returncode != 0:
+            log(f"the Go client did not build, using the Python one: {proc.stderr.strip()[-300:]}")
+            return None
+    return str(binary)
 
-    def __init__(self, work: Workdir, workers: int) -> None:
+
+def client_command(kind: str) -> tuple[list[str], str]:
+    """The worker command for ``kind`` (go, python or auto) and the kind actually used."""
+    if kind in ("go", "auto"):
+        binary = go_client()
+        if binary is not None:
+            return [binary], "go"
+        if kind == "go":
+            raise RuntimeError("--client go: Go is not installed or bench/goclient does not build")
+    return [sys.executable, str(BENCH / "wsclient.py")], "python"
+
+
+def add_client_arguments(parser: Any, workers: int = 2, default: str = "python") -> None:
+    parser.add_argument("--client", choices=("auto", "go", "python"), default=default,
+                        help="receiving client: bench/goclient (Go, built on first use) or bench/wsclient.py; "
+                             f"auto: Go when installed (default {default})")
+    parser.add_argument("--workers", type=int, default=workers, help="client processes for the subscribers")
+
+
+class ClientPool:
+    """Client worker processes (one core each); connections are spread over them round-robin."""
+
+    def __init__(self, work: Workdir, workers: int, kind: str = "auto") -> None:
         self.work = work
+        self.command, self.kind = client_command(kind)
         self.count = max(1, workers)
         self.counter_path = work.path / f"counters-{id(self)}"
         self.counter_path.write_bytes(b"\0" * 8 * self.count)
@@ -289,8 +329,9 @@ class ClientPool:
     async def start(self) -> "ClientPool":
         for slot in range(self.count):
             proc = await asyncio.create_subprocess_exec(
-                sys.executable, str(BENCH / "wsclient.py"), "--worker", str(slot), "--counters", str(self.counter_path),
-                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=1 << 24)
+                *self.command, "--worker", str(slot), "--counters", str(self.counter_path),
+                stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, limit=1 << 24,
+                env={**os.environ, "GOMAXPROCS": "1"})  # one core per worker, as a Python worker has
             self.procs.append(proc)
             self.ps.append(psutil.Process(proc.pid))
         return self

@@ -140,11 +140,12 @@ async def record_rounds(pid: int, rounds: int, seconds: float, stem: Path) -> li
 
 
 async def drive(work: Workdir, target: harness.Target, scenarios, seconds: float, rounds: int, out: Path,
-                use_py_spy: bool, workers: int, sizes: dict[str, int]) -> dict[str, tuple[list[Summary], Any]]:
+                use_py_spy: bool, workers: int, sizes: dict[str, int], client: str = "auto"
+                ) -> dict[str, tuple[list[Summary], Any]]:
     """Each scenario driven for ``seconds`` (recorded by py-spy when ``use_py_spy``): its
     summaries, one per recording, and the fan-out figures measured meanwhile."""
     results: dict[str, tuple[list[Summary], Any]] = {}
-    async with ClientPool(work, workers) as pool:
+    async with ClientPool(work, workers, client) as pool:
         opened = await pool.open(target, sizes)
         if opened["failed"]:
             raise RuntimeError(f"subscribers refused: {opened['failed']}")
@@ -186,7 +187,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profiler", choices=("py-spy", "cprofile"), help="default: py-spy if installed")
     parser.add_argument("--out", type=Path, default=harness.REPO / ".cache" / "bench", help="where profiles are saved")
     parser.add_argument("--top", type=int, default=12, help="functions listed per scenario")
-    parser.add_argument("--workers", type=int, default=2)
+    harness.add_client_arguments(parser)
     args = parser.parse_args(argv)
     seconds = args.seconds or (1.0 if args.quick else 6.0)
     rounds = args.rounds or (1 if args.quick else 3)
@@ -206,7 +207,8 @@ def main(argv: list[str] | None = None) -> int:
         with Workdir() as work:
             target = harness.TARGETS[key](work, extra=extra)
             log(f"[{label}] pid {target.process.pid}")
-            cells = asyncio.run(drive(work, target, scenarios, ab_seconds, 1, args.out, False, args.workers, sizes))
+            cells = asyncio.run(drive(work, target, scenarios, ab_seconds, 1, args.out, False, args.workers, sizes,
+                                      args.client))
         for name, (_, cell) in cells.items():
             per_publish[(label, name)] = cell.server_us * cell.size
 
@@ -217,7 +219,7 @@ def main(argv: list[str] | None = None) -> int:
         target = harness.TARGETS[args.target](work, python=python)
         log(f"[{args.target}] {target.label}: pid {target.process.pid}; profiler {profiler}")
         profiled = asyncio.run(drive(work, target, scenarios, seconds, rounds, args.out, profiler == "py-spy",
-                                     args.workers, sizes))
+                                     args.workers, sizes, args.client))
         work.stop(target.process)  # cProfile writes its file when the server exits
     results: dict[str, tuple[list[Summary], Any]] = dict(profiled)
     if profiler == "cprofile":

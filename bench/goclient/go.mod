@@ -1,0 +1,3 @@
+module obsgen/bench/goclient
+
+go 1.22
