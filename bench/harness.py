@@ -425,14 +425,16 @@ class ClientPool:
 
 
 class Publisher:
-    """One publishing connection in the driver process; bursts go out in one write."""
+    """Publishing connections in the driver process. A burst is split over them round-robin and
+    written to each in one write, back to back, so the server reads it all in one loop iteration."""
 
-    def __init__(self, pad: int = 100) -> None:
+    def __init__(self, pad: int = 100, connections: int = 1) -> None:
         self.pad = "x" * pad
+        self.count = max(1, connections)
         self.sent = 0
         self.acks = 0
         self.errors: dict[str, int] = {}
-        self.connection: wsclient.RawConnection | None = None
+        self.connections: list[wsclient.RawConnection] = []
         self._ack_event = asyncio.Event()
         self._ack_target = 0
 
@@ -450,15 +452,17 @@ class Publisher:
             self._ack_event.set()
 
     async def connect(self, target: Target) -> "Publisher":
-        self.connection = await wsclient.connect("127.0.0.1", target.port, "/", target.headers,
-                                                 on_control=self._on_control)
+        for _ in range(self.count):
+            self.connections.append(await wsclient.connect("127.0.0.1", target.port, "/", target.headers,
+                                                           on_control=self._on_control))
         return self
 
     def burst(self, channel: str, count: int) -> None:
-        assert self.connection is not None
-        frames = b"".join(wsclient.publish_frame(channel, self.sent + i, self.pad, f"p{self.sent + i}")
-                          for i in range(count))
-        self.connection.send_raw(frames)
+        frames = [wsclient.publish_frame(channel, self.sent + i, self.pad, f"p{self.sent + i}") for i in range(count)]
+        for index, connection in enumerate(self.connections):
+            mine = frames[index::self.count]
+            if mine:
+                connection.send_raw(b"".join(mine))
         self.sent += count
 
     async def wait_acks(self, timeout: float = 30.0) -> None:
@@ -469,8 +473,7 @@ class Publisher:
             await asyncio.wait_for(self._ack_event.wait(), timeout)
 
     async def close(self) -> None:
-        if self.connection is not None:
-            await self.connection.aclose()
+        await asyncio.gather(*(connection.aclose() for connection in self.connections))
 
 
 async def wait_delivered(pool: ClientPool, expected: int, timeout: float) -> int:
