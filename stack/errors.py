@@ -23,6 +23,8 @@ def format_key_path(path: Sequence[str | int]) -> str:
         if isinstance(part, int):
             text += f"[{part}]"
         else:
+            if not part.isprintable():
+                part = repr(part)  # a key with a newline or control character: still one line per problem
             text += f".{part}" if text else str(part)
     return text or "(top level)"
 

@@ -107,7 +107,12 @@ def load_default_spec() -> Spec:
 
 
 def _parse_yaml(text: str, filename: str) -> tuple[yaml.Node | None, Any]:
-    loader = yaml.SafeLoader(text)
+    try:
+        loader = yaml.SafeLoader(text)  # the reader refuses control characters here, before parsing
+    except yaml.reader.ReaderError as exc:
+        line, column = text.count("\n", 0, exc.position) + 1, exc.position - text.rfind("\n", 0, exc.position)
+        raise SpecError([SpecIssue(filename, line, column, "(yaml)", f"invalid YAML: unacceptable character "
+                                   f"#x{exc.character:04x}: {exc.reason}")]) from None
     try:
         root = loader.get_single_node()
         data = loader.construct_document(root) if root is not None else None

@@ -80,6 +80,39 @@ def _windowed_promql(value: str) -> str:
     return value
 
 
+_TEMPLATE_BLOCKS = ("if", "range", "with", "define", "block")
+
+
+def _alert_template(value: str) -> str:
+    """Prometheus expands alert annotations and labels as Go templates, and refuses to load rules
+    whose template does not parse. Refuse here what its parser refuses by structure: an action that
+    is never closed, and an end or else outside a block. (An unknown function is still promtool's to find.)"""
+    depth, position = 0, 0
+    while (start := value.find("{{", position)) != -1:
+        end = value.find("}}", start + 2)
+        if end == -1:
+            raise ValueError('a template action {{ is never closed with }} (for literal braces write {{ "{{" }})')
+        words = value[start + 2:end].strip().strip("-").split()
+        if words and words[0] in _TEMPLATE_BLOCKS:
+            depth += 1
+        elif words and words[0] in ("end", "else") and not depth:
+            raise ValueError(f"a template {{{{ {words[0]} }}}} without its {{{{ if }}}}, {{{{ range }}}} or {{{{ with }}}}")
+        elif words and words[0] == "end":
+            depth -= 1
+        position = end + 2
+    if depth:
+        raise ValueError("a template {{ if }}, {{ range }} or {{ with }} is never closed with {{ end }}")
+    return value
+
+
+def _static_text(value: str) -> str:
+    if "{{" in value:
+        raise ValueError("the summary is static (one sentence, no {{ }}): put {{ $labels.x }} and {{ $value }} "
+                         "in the description")
+    return value
+
+
+AlertTemplate = Annotated[str, AfterValidator(_alert_template)]
 Duration = Annotated[str, AfterValidator(_duration)]
 WindowedPromQL = Annotated[str, StringConstraints(min_length=1), AfterValidator(_windowed_promql)]
 PromQL = Annotated[str, StringConstraints(min_length=1), AfterValidator(_promql)]
@@ -365,10 +398,10 @@ class CustomAlert(Model):
     expr: PromQL
     for_: Duration = Field("5m", alias="for")
     severity: Severity = "warning"
-    summary: str = Field(min_length=1, description="Static one-sentence summary.")
-    description: str = Field(min_length=1, description="May use {{ $labels.x }} and {{ $value }}.")
+    summary: Annotated[str, AfterValidator(_static_text)] = Field(min_length=1, description="Static one-sentence summary.")
+    description: AlertTemplate = Field(min_length=1, description="May use {{ $labels.x }} and {{ $value }}.")
     runbook: str | None = Field(None, description="Runbook text (Markdown); a page is rendered for it.")
-    labels: dict[LabelName, str] = {}
+    labels: dict[LabelName, AlertTemplate] = {}
     tests: CustomAlertTest | None = Field(
         None,
         description="Input series under which the alert fires, for its promtool unit test; without it only "
@@ -382,6 +415,12 @@ class CustomAlert(Model):
         if self.tests is not None and self.tests.description is None and "{{" in self.description:
             raise KeyPathError([(("tests", "description"),
                                  "the description is templated: give it as it renders for the firing test case")])
+        if self.tests is not None:
+            # The unit test expects the labels as written; a templated one would render otherwise.
+            templated = [(("labels", key), "a templated label cannot be checked by the alert's unit test "
+                                           "(tests): give a static value") for key, text in self.labels.items() if "{{" in text]
+            if templated:
+                raise KeyPathError(templated)
         return self
 
 
