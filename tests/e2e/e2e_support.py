@@ -578,7 +578,8 @@ def dashboard_queries(bundle: Path) -> tuple[list[PanelQuery], dict[str, dict]]:
     return queries, variables
 
 
-def grafana_to_promql(expr: str, variables: dict[str, dict], interval_s: int, rate_interval_s: int) -> str:
+def grafana_to_promql(expr: str, variables: dict[str, dict], interval_s: int, rate_interval_s: int,
+                      range_s: int) -> str:
     """Substitute Grafana's variables as Grafana would for a dashboard left on its defaults.
 
     ``$__rate_interval`` is max($__interval + scrape interval, 4 x scrape interval) per Grafana's
@@ -586,7 +587,8 @@ def grafana_to_promql(expr: str, variables: dict[str, dict], interval_s: int, ra
     """
     builtins = {
         "__rate_interval": f"{rate_interval_s}s", "__interval": f"{interval_s}s",
-        "__interval_ms": str(interval_s * 1000), "__range": "300s", "__range_s": "300", "__range_ms": "300000",
+        "__interval_ms": str(interval_s * 1000), "__range": f"{range_s}s", "__range_s": str(range_s),
+        "__range_ms": str(range_s * 1000),
     }
 
     def value(name: str) -> str:

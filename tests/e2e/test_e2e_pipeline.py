@@ -38,6 +38,7 @@ import yaml
 
 from alerts.pack import load_pack
 from stack.renderers.rules import pack_value_expr
+from stack.spec import parse_duration
 from stack.up import STATE_FILE, down, find_binary, load_manifest
 from tests.conftest import require_binary
 from tests.e2e.e2e_support import (
@@ -78,6 +79,7 @@ THRESHOLDS = {
     # 0.05/s over the pack's 5m rate window: more than 15 refusals; one flood makes 20.
     "rate_limited": {"threshold": 0.05, "for": "2s"},
 }
+DILUTED = 0.7  # a resolved ratio is brought under this share of its warning level
 NOTIFICATIONS = {"group_wait": "4s", "group_interval": "2s", "repeat_interval": "1h"}
 GROUP_WAIT_S = 4.0
 INTERVAL = "1s"  # Prometheus scrape and rule evaluation interval
@@ -344,10 +346,17 @@ def scenario(stack: Stack):
         check.both_firing = firing(alert_key, "warning") and firing(alert_key, "critical")
         check.warning_notified_before = len(stack.webhook.alerts(alertname, "warning", "firing"))
 
-    def dilute(phase: str, alert_key: str, args: tuple[str, ...], tries: int = 4) -> None:
+    def well_below(alert_key: str) -> bool:
+        """Both levels inactive, and the value far enough under the warning level that the later
+        phases' incidental errors (the Redis stall) cannot push it back over."""
+        value = stack.prometheus.value(pack_value_expr(pack[alert_key], load_pack().rate_window))
+        return (inactive(alert_key, "warning") and inactive(alert_key, "critical")
+                and (value is None or value <= DILUTED * THRESHOLDS[alert_key]["threshold"]))
+
+    def dilute(phase: str, alert_key: str, args: tuple[str, ...], tries: int = 5) -> None:
         for _ in range(tries):
             burst(phase, *args)
-            if wait_until(lambda: inactive(alert_key, "warning") and inactive(alert_key, "critical"), 6):
+            if wait_until(lambda: well_below(alert_key), 6):
                 return
 
     baseline_log = open(logs / "loadgen-baseline.log", "wb")
@@ -564,7 +573,8 @@ def test_provoked_alert_goes_pending_firing_notified_and_resolved(stack: Stack, 
     notification, alert = firing[0]
     assert notification.receiver == receiver, f"{key} went to {notification.receiver}, not {receiver}"
     assert alert["labels"].get("service") == stack.service["name"] or pack_alert.group != "websocket"
-    assert not _alert_words_ok(stack, alert, alert_key), _alert_words_ok(stack, alert, alert_key)
+    problems = _alert_words_ok(stack, alert, alert_key)
+    assert not problems, problems
 
     if alert_key in NOT_RESOLVED_HERE:
         return
@@ -609,13 +619,14 @@ def test_every_dashboard_query_returns_data(stack: Stack, scenario: Record):
     assert non_prometheus == set(UNCHECKED_PANELS), "update UNCHECKED_PANELS: it must list exactly the panels "\
         f"whose datasource does not run here: {sorted(non_prometheus)}"
     start, end = stack.t0, time.time()
-    interval = max(1, int((end - start) / 1000))  # Grafana's $__interval for ~1000 points, at least the 1s scrape
-    rate_interval = max(interval + 1, 4 * 1)       # max($__interval + scrape, 4 x scrape)
+    scrape = int(parse_duration(INTERVAL))               # the datasource's timeInterval
+    interval = max(scrape, int((end - start) / 1000))    # Grafana's $__interval for ~1000 points
+    rate_interval = max(interval + scrape, 4 * scrape)   # Grafana's $__rate_interval
     empty, panels_with_data = [], set()
     for q in queries:
         if q.datasource_type != "prometheus":
             continue
-        expr = grafana_to_promql(q.expr, variables[q.dashboard], interval, rate_interval)
+        expr = grafana_to_promql(q.expr, variables[q.dashboard], interval, rate_interval, int(end - start))
         if has_points(stack.prometheus.query_range(expr, start, end, interval)):
             panels_with_data.add((q.dashboard, q.panel))
         elif q.expr not in EMPTY_UNTIL_FAILURE:
