@@ -158,6 +158,8 @@ class FileSecret(Model):
     @classmethod
     def _relative_to_spec(cls, value: str, info: ValidationInfo) -> str:
         # The loader passes the spec's directory: a relative path means "next to the spec".
+        if "://" in value:  # a webhook URL given as the "file": the secret itself, never echoed
+            raise ValueError("this is a URL, not a file path: put the secret in a file and give that file's path")
         base_dir = (info.context or {}).get("base_dir")
         if base_dir and not posixpath.isabs(value) and not value.startswith("~"):
             return posixpath.normpath(posixpath.join(base_dir, value))
@@ -167,9 +169,18 @@ class FileSecret(Model):
 class EnvSecret(Model):
     """A secret taken from an environment variable when the stack starts."""
 
-    env: Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")] = Field(
-        description="Name of the environment variable holding the secret."
+    env: str = Field(
+        description="Name of the environment variable holding the secret.",
+        json_schema_extra={"pattern": r"^[A-Za-z_][A-Za-z0-9_]*$"},
     )
+
+    @field_validator("env")
+    @classmethod
+    def _variable_name(cls, value: str) -> str:
+        # Checked here, not by a pattern: the pattern's error would echo the value, which may be the secret.
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError("expected the name of an environment variable (letters, digits and '_'), not its value")
+        return value
 
 
 def _secret_kind(value: object) -> str | None:
