@@ -3,10 +3,11 @@
 The embedded default spec is rendered for the ``local`` target through the real CLI (every port
 on a free 127.0.0.1 port, alert timings shortened through spec keys only) and started with
 ``obsgen up --detach``: Redis, the OpenTelemetry Collector, Alertmanager, Prometheus and the
-instrumented server; ``obsgen down`` stops them when the module ends, pass or fail. The load generator then drives traffic and faults, and the tests check,
-against those real processes, that targets are scraped, dashboard queries return data, alerts
-go pending -> firing -> notified -> resolved through the real Alertmanager to a webhook, an
-inhibited warning stays silent, and spans and logs leave the collector unharmed.
+instrumented server; ``obsgen down`` stops them when the module ends, pass or fail. The load
+generator then drives traffic and faults, and the tests check, against those real processes,
+that targets are scraped, rules evaluate, dashboard queries return data, alerts go pending ->
+firing -> notified -> resolved through the real Alertmanager to a webhook, an inhibited warning
+stays silent, and spans and logs leave the collector unharmed.
 
 STAND-INS: Jaeger v2 and Loki cannot be built on this machine (docs/tools.md). A second, real
 ``otelcol`` started by this test listens on Jaeger's OTLP gRPC port and Loki's HTTP port (path
@@ -15,7 +16,7 @@ that output and its own metrics. Their names say "standin". Grafana does not run
 its dashboards' PromQL is run against the real Prometheus; Loki and Jaeger panels are listed
 below with the reason they are not checked.
 
-One module-scoped scenario drives everything once (about 90 s) and records what it observed;
+One module-scoped scenario drives everything once (about a minute) and records what it observed;
 each test then judges one aspect of the record, so a failure names what broke and prints the
 relevant process logs.
 """
