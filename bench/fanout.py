@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import shlex
 import time
 from dataclasses import dataclass
 
@@ -73,10 +74,10 @@ async def measure(target: harness.Target, pool: ClientPool, publisher: Publisher
 
 
 async def bench_target(key: str, sizes: list[int], modes: list[int], seconds: float, workers: int,
-                       client: str, publishers: int) -> list[Cell]:
+                       client: str, publishers: int, server_args: list[str]) -> list[Cell]:
     cells = []
     with Workdir() as work:
-        target = harness.TARGETS[key](work)
+        target = harness.TARGETS[key](work, **({"extra": server_args} if key != "a" and server_args else {}))
         log(f"[{key}] {target.label}: pid {target.process.pid}, port {target.port}")
         async with ClientPool(work, workers, client) as pool:
             CLIENT_USED[0] = pool.kind
@@ -106,10 +107,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--publishers", type=int, default=10,
                         help="publishing connections a burst is split over (a Redis round trip per publish "
                              "serialises one connection's burst; several connections publish concurrently)")
+    parser.add_argument("--sizes", help="comma-separated channel sizes (default 1,100,1000; quick 1,20)")
+    parser.add_argument("--server-args", default="",
+                        help="extra instrumented_server flags for b, c and d, e.g. '--write-delay 0.002'")
     harness.add_client_arguments(parser)
     args = parser.parse_args(argv)
     started = harness.machine()
-    sizes = [1, 20] if args.quick else [1, 100, 1000]
+    sizes = [int(x) for x in args.sizes.split(",")] if args.sizes else [1, 20] if args.quick else [1, 100, 1000]
     seconds = args.seconds or (0.3 if args.quick else 2.5)
     modes = [args.burst, 1]
 
@@ -118,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     for key in args.targets:
         try:
             cells += asyncio.run(bench_target(key, sizes, modes, seconds, args.workers, args.client,
-                                              args.publishers))
+                                              args.publishers, shlex.split(args.server_args)))
         except RuntimeError as exc:  # a missing binary or a server that would not start: say so, go on
             skipped[key] = str(exc).splitlines()[0]
             log(f"[{key}] skipped: {exc}")

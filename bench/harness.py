@@ -37,7 +37,8 @@ import psutil
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
 TOOLS_BIN = Path(os.environ.get("OBSGEN_TOOLS", REPO / ".tools")) / "bin"
-sys.path.insert(0, str(BENCH))
+# This checkout's packages first (not whichever checkout `pip install -e` last pointed at), then bench/.
+sys.path[:0] = [str(REPO), str(BENCH)]
 
 import wsclient  # noqa: E402  (bench/ is not a package: scripts run as `python bench/x.py`)
 

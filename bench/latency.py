@@ -132,13 +132,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--targets", default="ac", help="which servers (default a and c)")
     parser.add_argument("--subscribers", type=int, help="subscribers of the one channel (default 1000; quick 50)")
     parser.add_argument("--rate", type=float, default=100.0, help="fixed offered publishes per second")
-    parser.add_argument("--start-rate", type=float, default=10.0, help="first rate of the rising series")
+    parser.add_argument("--start-rate", type=float, help="first rate of the rising series (default 2.5; quick 10)")
     parser.add_argument("--max-rate", type=float, help="stop rising here (default 3200; quick 100)")
     parser.add_argument("--latency-every", type=int, default=4, help="every N-th subscriber reads timestamps")
     harness.add_client_arguments(parser, default="auto")
     args = parser.parse_args(argv)
     args.subscribers = args.subscribers or (50 if args.quick else 1000)
     args.max_rate = args.max_rate or (100.0 if args.quick else 3200.0)
+    args.start_rate = args.start_rate or (10.0 if args.quick else 2.5)
     args.fixed_seconds = 0.5 if args.quick else 5.0
     args.step_seconds = 0.4 if args.quick else 2.0
     args.settle = 3.0 if args.quick else 5.0
