@@ -443,6 +443,11 @@ class Alerts(Model):
         "error_rate, target_down, ...",
     )
     custom: list[CustomAlert] = []
+    rate_window: Duration | None = Field(
+        None,
+        description="Range of the pack's rate and quantile windows (default 5m, alerts/pack.yaml). A shorter "
+        "window reacts and resolves sooner and is noisier; at least 1m and at least 4 scrape intervals.",
+    )
     runbook_base_url: str | None = Field(
         None,
         description="Where runbooks are served; defaults to Grafana's public folder in the bundle "
@@ -768,6 +773,20 @@ class Spec(Model):
                     ))
         if problems:
             raise KeyPathError(problems)
+        return self
+
+    @model_validator(mode="after")
+    def _rate_window_covers_scrapes(self) -> "Spec":
+        window = self.alerts.rate_window
+        if window is None:
+            return self
+        scrape = parse_duration(self.components.prometheus.scrape_interval)
+        if parse_duration(window) < max(60.0, 4 * scrape):
+            raise KeyPathError([(
+                ("alerts", "rate_window"),
+                f"{window} is too short: a rate needs at least 1m and 4 scrape intervals "
+                f"({self.components.prometheus.scrape_interval} here)",
+            )])
         return self
 
     @model_validator(mode="after")

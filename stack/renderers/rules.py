@@ -151,6 +151,11 @@ def minutes(duration: str) -> int:
     return math.ceil(parse_duration(duration) / 60)
 
 
+def rate_window_for(spec: Spec) -> str:
+    """The range of the pack's rate() and quantile windows: the spec's, else the pack's default."""
+    return spec.alerts.rate_window or load_pack().rate_window
+
+
 # ---------------------------------------------------------------------------------------
 # The pack: effective levels and expressions
 # ---------------------------------------------------------------------------------------
@@ -285,7 +290,7 @@ def enabled_pack_alerts(spec: Spec) -> list[tuple[PackAlert, Knobs]]:
 
 
 def pack_rules(spec: Spec, topology: Topology, alert: PackAlert, knob: Knobs) -> list[AlertRule]:
-    rate_window = load_pack().rate_window
+    rate_window = rate_window_for(spec)
     rules = []
     for level in levels(alert, knob):
         rules.append(AlertRule(
@@ -536,8 +541,9 @@ def pack_target(spec: Spec, topology: Topology, alert: PackAlert) -> dict[str, s
     return {"job": alert.test_target, "instance": stack_job_address(topology, alert.test_target)}
 
 
-def expected_alerts(alert: PackAlert, knob: Knobs, rules: list[AlertRule], scenario: Scenario) -> tuple[ExpectedAlert, ...]:
-    rate_window = load_pack().rate_window
+def expected_alerts(
+    alert: PackAlert, knob: Knobs, rules: list[AlertRule], scenario: Scenario, rate_window: str
+) -> tuple[ExpectedAlert, ...]:
     expected = []
     for level, rule in zip(levels(alert, knob), rules):
         if level.threshold is not None and not scenario.value > level.threshold:
@@ -554,7 +560,7 @@ def expected_alerts(alert: PackAlert, knob: Knobs, rules: list[AlertRule], scena
 
 
 def pack_cases(spec: Spec, topology: Topology, alert: PackAlert, knob: Knobs, rules: list[AlertRule]) -> list[AlertCase]:
-    rate_window = load_pack().rate_window
+    rate_window = rate_window_for(spec)
     look = minutes(rate_window) + minutes(knob.for_) + TEST_MARGIN_MINUTES
     eval_time = f"{look}m"
     builder = ScenarioBuilder(alert, pack_target(spec, topology, alert), samples=look + 5)
@@ -562,7 +568,7 @@ def pack_cases(spec: Spec, topology: Topology, alert: PackAlert, knob: Knobs, ru
     cases = []
     for level in reversed(alert_levels):
         scenario = builder.build(firing_value(alert, level))
-        expected = expected_alerts(alert, knob, rules, scenario)
+        expected = expected_alerts(alert, knob, rules, scenario, rate_window)
         firing_levels = [lv for lv in alert_levels if lv.threshold is None or scenario.value > lv.threshold]
         if level not in firing_levels or (level.upper is not None and scenario.value >= level.upper):
             raise AssertionError(f"{alert.alert}: test input gives {scenario.value}, not within {level}")
@@ -598,7 +604,7 @@ IDLE_TITLES = {
 
 def idle_case(title: str, alerts: list[tuple[PackAlert, Knobs]], spec: Spec, topology: Topology) -> AlertCase:
     """Every alert of a file at once, over the union of their idle inputs: none may fire."""
-    rate_window = load_pack().rate_window
+    rate_window = rate_window_for(spec)
     look = max(minutes(rate_window) + minutes(k.for_) for _, k in alerts) + TEST_MARGIN_MINUTES
     data: dict[str, str] = {}
     for alert, _ in alerts:
@@ -685,9 +691,9 @@ def build(spec: Spec, topology: Topology) -> RuleSet:
             result.pages.append(RunbookPage(
                 name=alert.alert, source="pack", summary=alert.summary, description=rules[0].annotations["description"],
                 rules=tuple(rules), key=alert.key, group=group.title, unit=alert.unit, knobs=knob, pack_alert=alert,
-                rate_window=pack.rate_window, metric_names=_metric_names(alert),
+                rate_window=rate_window_for(spec), metric_names=_metric_names(alert),
                 extra={
-                    "value_expr": pack_value_expr(alert, pack.rate_window),
+                    "value_expr": pack_value_expr(alert, rate_window_for(spec)),
                     "levels": [
                         (level.severity, None if level.threshold is None else format_threshold(alert.unit, level.threshold))
                         for level in levels(alert, knob)

@@ -81,7 +81,7 @@ def port_open(port: int) -> bool:
 
 
 def e2e_spec(*, webhook_port: int, thresholds: dict[str, dict], notifications: dict[str, str],
-             intervals: str, collector_batch_timeout: str) -> dict:
+             intervals: str, collector_batch_timeout: str, rate_window: str) -> dict:
     """The embedded default spec, made runnable on 127.0.0.1 by a test.
 
     Only spec keys change: the local target, every named port of every component and the
@@ -102,6 +102,7 @@ def e2e_spec(*, webhook_port: int, thresholds: dict[str, dict], notifications: d
     components.setdefault("prometheus", {}).update(scrape_interval=intervals, evaluation_interval=intervals)
     components.setdefault("collector", {})["batch_timeout"] = collector_batch_timeout
     spec["alerts"]["thresholds"] = thresholds
+    spec["alerts"]["rate_window"] = rate_window
     spec["alerts"]["runbook_base_url"] = f"http://127.0.0.1:{webhook_port}/runbooks"
     for receiver in spec["notifications"]["receivers"]:
         assert receiver["type"] == "webhook", receiver

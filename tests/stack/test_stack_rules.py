@@ -308,6 +308,25 @@ def test_overrides_change_threshold_for_severity_and_can_disable():
     assert "runbooks/WebSocketRateLimiting.md" not in pages
 
 
+def test_rate_window_override_reaches_expressions_descriptions_and_unit_tests(tmp_path):
+    spec = make_spec(alerts={"rate_window": "2m"})
+    files = render(spec)
+    rendered = alerts_in(files, "websocket.yml")
+    windows = {w for r in rendered for w in re.findall(r"\[(\w+):?\]", r["expr"])}
+    assert windows == {"2m"}, windows
+    drops = next(r for r in rendered if r["alert"] == "WebSocketHighConnectionDropRate")
+    assert "over the last 2m" in drops["annotations"]["description"]
+    root = write(files, tmp_path)
+    result = promtool(root, "test", "rules", *sorted(p for p in files if p.startswith("prometheus/tests/")))
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(("window", "scrape"), [("30s", "15s"), ("1m", "30s")])
+def test_a_rate_window_shorter_than_a_minute_or_four_scrapes_is_refused(window, scrape):
+    with pytest.raises(ValidationError, match="too short"):
+        make_spec(alerts={"rate_window": window}, components={"prometheus": {"scrape_interval": scrape}})
+
+
 def test_pack_false_drops_the_websocket_group_but_keeps_stack_self_monitoring():
     files = render(make_spec(alerts={"pack": False}))
     assert "prometheus/rules/websocket.yml" not in files and "prometheus/tests/websocket.yml" not in files
