@@ -14,6 +14,7 @@ import re
 from functools import lru_cache
 from importlib import resources
 from typing import Annotated, Literal, Union
+from urllib.parse import urlsplit
 
 import yaml
 from pydantic import (
@@ -102,6 +103,20 @@ def _alert_template(value: str) -> str:
         position = end + 2
     if depth:
         raise ValueError("a template {{ if }}, {{ range }} or {{ with }} is never closed with {{ end }}")
+    return value
+
+
+def _webhook_url(value: str) -> str:
+    """What Alertmanager's URL check accepts (Go's url.Parse, scheme http or https, a host)."""
+    try:
+        parts = urlsplit(value)
+        parts.port  # noqa: B018 - raises ValueError for a port that is not a number in range
+    except ValueError as exc:
+        raise ValueError(f"not a valid URL: {exc}") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError("expected an http:// or https:// URL with a host, e.g. http://127.0.0.1:5001/alerts")
+    if re.search(r"%(?![0-9A-Fa-f]{2})", parts.netloc + parts.path):
+        raise ValueError("not a valid URL: a % that does not start an escape such as %20")
     return value
 
 
@@ -573,7 +588,8 @@ class PagerDutyReceiver(Model):
 class WebhookReceiver(Model):
     type: Literal["webhook"]
     name: Name
-    url: str | None = Field(None, description="Webhook URL without credentials (e.g. an in-cluster receiver).")
+    url: Annotated[str, AfterValidator(_webhook_url)] | None = Field(
+        None, description="Webhook URL without credentials (e.g. an in-cluster receiver).")
     url_secret: Secret | None = Field(None, description="The URL as a secret, when it carries a token.")
     send_resolved: bool = True
     max_alerts: int = Field(0, ge=0)

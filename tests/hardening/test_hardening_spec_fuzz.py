@@ -288,7 +288,9 @@ def files_under(root: Path) -> dict[str, bytes]:
     return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
 
 
-ISSUE_LINE = r"^{file}(:\d+(:\d+)?)?: [^:\n][^\n]*?: [^\n]+$"
+# file:line[:column]: key.path: message, or (not tied to a line) file: key.path: message. A key
+# path may itself hold ": " (a key written ':' is reported as ": :: unknown key ':'").
+ISSUE_LINE = r"^{file}(:\d+(:\d+)?: .+|: [^\n]+?: [^\n]+)$"
 checked_bundles: dict[str, list[check.CheckResult]] = {}
 
 
@@ -389,6 +391,12 @@ NEWLINE_KEY = "? '\n\n  '\n: null\n"
 # Broken Go templates in alert text: accepted, then refused by `promtool check rules`.
 UNCLOSED_ACTION = with_custom_alert(description="Only {{ $value instances")
 STRAY_END = with_custom_alert(labels={"team": "{{ end }}"}, tests=None)
+# A webhook url the spec took ('', ftp://, http://a:b/) and Alertmanager refused (amtool check-config).
+EMPTY_WEBHOOK_URL = dump({**seed_documents()["local"], "notifications": {"receivers": [
+    {"type": "webhook", "name": "local-sink", "url": ""}]}})
+BAD_PORT_WEBHOOK_URL = EMPTY_WEBHOOK_URL.replace("url: ''", "url: http://127.0.0.1:port/alerts")
+# A key written ':': a correct report the line check first took for unlocated.
+COLON_KEY = "':': null\n"
 # Templated summary or label with a unit test: the test expected the text unexpanded (promtool test rules failed).
 TEMPLATED_SUMMARY = with_custom_alert(summary="{{ $labels.instance }} is down")
 TEMPLATED_LABEL = with_custom_alert(labels={"team": "{{ $labels.job }}"})
@@ -401,6 +409,8 @@ TEMPLATED_LABEL = with_custom_alert(labels={"team": "{{ $labels.job }}"})
 @example(text=TEMPLATED_SUMMARY)
 @example(text=TEMPLATED_LABEL)
 @example(text=with_custom_alert())  # the same alert with nothing wrong renders and passes
+@example(text=EMPTY_WEBHOOK_URL)
+@example(text=BAD_PORT_WEBHOOK_URL)
 def test_near_valid_specs_render_a_valid_bundle_or_exit_2_located(text, earlier):
     render_and_judge(text, earlier)
 
@@ -415,6 +425,7 @@ def test_awkward_values_in_valid_places_render_a_valid_bundle_or_exit_2_located(
 @given(text=arbitrary_documents())
 @example(text=CONTROL_CHARACTER)
 @example(text=NEWLINE_KEY)
+@example(text=COLON_KEY)
 def test_arbitrary_documents_render_or_exit_2_located(text, earlier):
     render_and_judge(text, earlier)
 
@@ -426,6 +437,9 @@ def test_arbitrary_documents_render_or_exit_2_located(text, earlier):
     (STRAY_END, 2, "alerts.custom[0].labels.team: a template {{ end }} without its"),
     (TEMPLATED_SUMMARY, 2, "alerts.custom[0].summary: the summary is static"),
     (TEMPLATED_LABEL, 2, "alerts.custom[0].labels.team: a templated label cannot be checked"),
+    (EMPTY_WEBHOOK_URL, 2, "notifications.receivers[0].url: expected an http:// or https:// URL with a host"),
+    (BAD_PORT_WEBHOOK_URL, 2, "notifications.receivers[0].url: not a valid URL: Port could not be cast"),
+    (COLON_KEY, 2, ":1:1: :: unknown key ':'"),
     (with_custom_alert(), 0, ""),
 ])
 def test_regressions_exit_with_the_right_code_and_message(tmp_path, text, code, where):
