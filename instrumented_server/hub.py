@@ -15,6 +15,7 @@ event when history no longer reaches back that far.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import itertools
 import json
@@ -337,10 +338,16 @@ class Hub:
                 await self.broker.presence_add(name, session.id, {"user": session.user})
                 if not self._still_wanted(session, sub):  # it left while we added it: take it back out
                     await self.broker.presence_remove(name, session.id)
-            if recover is not None:
+            # A replay is a read of history: without the history permission (a namespace with
+            # history: none or claims) the client is told to resync instead of being replayed to.
+            replay_allowed = self.permissions.check("history", sub.channel, session.user, session.identity.grants,
+                                                    True) is None
+            if recover is not None and replay_allowed:
                 result = await self.broker.history(name, recover.offset, recover.epoch, self.config.history_size)
             else:
                 result = await self.broker.history(name, 0, None, 0)
+                if recover is not None:
+                    result = dataclasses.replace(result, publications=(), recover_failed=True)
         except Exception as exc:
             state.recovering.pop(session, None)
             if session.subscriptions.get(name) is sub:
@@ -379,7 +386,9 @@ class Hub:
         if recover is not None:
             self.telemetry.reconnect("replayed" if recovered else "resync")
             if not recovered:
-                reason = "epoch changed" if recover.epoch != result.epoch else "offset no longer in history"
+                reason = ("history not allowed on this channel" if self.permissions.check(
+                    "history", sub.channel, session.user, session.identity.grants, True) is not None else
+                          "epoch changed" if recover.epoch != result.epoch else "offset no longer in history")
                 self._event(session, "resync", {"channel": name, "epoch": result.epoch,
                                                 "offset": result.latest_offset, "reason": reason})
         epoch = result.epoch
