@@ -185,6 +185,15 @@ class LokiHandler(logging_loki.LokiHandler):
         self._failures = RateLimitedLog(internal_log)
         self.emitter.session_class = functools.partial(TimeoutSession, timeout)
 
+    def handle(self, record: logging.LogRecord) -> bool:
+        # Only the listener thread calls this handler, so it needs no lock; and without one,
+        # logging.shutdown() at interpreter exit (which takes every handler's lock) never waits
+        # behind a push stuck on a hung Loki.
+        passed = bool(self.filter(record))
+        if passed:
+            self.emit(record)
+        return passed
+
     def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging's name
         # Instead of logging's traceback on stderr for every record while Loki is down.
         self.emitter.close()
