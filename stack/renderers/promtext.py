@@ -19,7 +19,11 @@ import yaml
 # ---------------------------------------------------------------------------------------
 
 
-class _Dumper(yaml.SafeDumper):
+# libyaml's emitter when PyYAML has it: same bytes, several times faster on large bundles.
+_BaseDumper = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+class _Dumper(_BaseDumper):
     """SafeDumper that writes multi-line strings as literal blocks and never aliases."""
 
     def ignore_aliases(self, data) -> bool:  # noqa: D102 - repeated label dicts must stay inline

@@ -741,12 +741,26 @@ def _metric_names(alert: PackAlert) -> tuple[str, ...]:
     return tuple(names)
 
 
+_last_build: tuple[Spec, RuleSet] | None = None
+
+
+def build_once(spec: Spec, topology: Topology) -> RuleSet:
+    """``build``, shared by the rules and runbooks renderers of one render (same spec object).
+
+    Safe because ``build`` is pure and the spec is frozen; the memo holds one entry.
+    """
+    global _last_build
+    if _last_build is None or _last_build[0] is not spec:
+        _last_build = (spec, build(spec, topology))
+    return _last_build[1]
+
+
 def runbook_pages(spec: Spec, topology: Topology) -> list[RunbookPage]:
-    return build(spec, topology).pages
+    return build_once(spec, topology).pages
 
 
 def render(spec: Spec, topology: Topology) -> dict[str, str]:
-    built = build(spec, topology)
+    built = build_once(spec, topology)
     files = {f"{RULES_DIR}/{name}": rule_file(groups) for name, groups in built.rules.items()}
     for name, (rule_files, cases) in built.tests.items():
         files[f"{TESTS_DIR}/{name}"] = test_file(rule_files, cases)
