@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 from instrumented_server.client import Backoff, Client, ClientError, NotConnected
-from tests.conftest import free_port, require_binary, stop_process, wait_for_port
-from tests.hardening.hardening_support import ServerProcess, read_metrics, token
+from tests.conftest import free_port, require_binary, wait_for_port
+from tests.hardening.hardening_support import ServerProcess, token
 
 CHANNELS = ("orders", "room-1", "ticks")
 
