@@ -28,42 +28,25 @@ from decimal import Decimal
 from alerts.pack import BurnAlert, load_slo_settings, slo_alert_names
 from exporter.catalog import metric as catalog_metric
 from stack.renderers.promtext import expand_template, le_matcher, openmetrics_float, series
+from stack.slos import (
+    BUDGET,
+    BUDGET_REMAINING,
+    ERROR_RATIO,
+    OBJECTIVE,
+    budget,
+    burn_factor,
+    decimal_text,
+    percent,
+    record,
+    slo_selector,
+    windows_for,
+)
 from stack.spec import SLO, Spec, parse_duration
 from stack.topology import Topology
 
 RECORDING_FILE = "slo-recording.yml"
 ALERTS_FILE = "slo-alerts.yml"
-ERROR_RATIO = "slo:sli_error:ratio_rate"
-OBJECTIVE = "slo:objective:ratio"
-BUDGET = "slo:error_budget:ratio"
-BUDGET_REMAINING = "slo:error_budget_remaining:ratio"
 TEST_INTERVAL = "1m"
-
-
-def decimal_text(value: Decimal) -> str:
-    """A Decimal as PromQL reads it: no exponent, no trailing zeros, at most 10 significant digits."""
-    value = Decimal(f"{value:.10g}")
-    text = format(value.normalize(), "f")
-    return text
-
-
-def budget(slo: SLO) -> Decimal:
-    """The error budget as a ratio: 99.9 -> 0.001 (exactly, from the decimal text of the objective)."""
-    return (Decimal(100) - Decimal(str(slo.objective))) / Decimal(100)
-
-
-def burn_factor(slo: SLO, long_window: str, budget_percent: Decimal) -> Decimal:
-    """How many times faster than sustainable spends ``budget_percent`` of the budget within ``long_window``."""
-    ratio = Decimal(int(parse_duration(slo.window))) / Decimal(int(parse_duration(long_window)))
-    return Decimal(decimal_text(budget_percent / Decimal(100) * ratio))
-
-
-def record(window: str) -> str:
-    return f"{ERROR_RATIO}{window}"
-
-
-def slo_selector(slo: SLO) -> str:
-    return f'{{slo="{slo.name}"}}'
 
 
 def sli_error_ratio(slo: SLO, window: str) -> str:
@@ -97,14 +80,6 @@ def sli_error_ratio(slo: SLO, window: str) -> str:
         "or\n"
         f"0 * {good}"
     )
-
-
-def windows_for(slo: SLO) -> tuple[list[str], str | None]:
-    """(windows computed from the SLI, the SLO window when it is not among them)."""
-    settings = load_slo_settings()
-    windows = sorted(settings.windows, key=parse_duration)
-    own = None if any(parse_duration(w) == parse_duration(slo.window) for w in windows) else slo.window
-    return windows, own
 
 
 def recording_group(slo: SLO) -> dict:
@@ -164,7 +139,7 @@ def burn_rule(spec: Spec, topology: Topology, slo: SLO, burn: BurnAlert) -> dict
         "annotations": {
             "summary": f"The {slo.name} SLO is burning its error budget {pace}.",
             "description": (
-                f"The {{{{ $labels.slo }}}} SLO ({_percent(slo)} over {slo.window}) is spending its error budget "
+                f"The {{{{ $labels.slo }}}} SLO ({percent(slo)} over {slo.window}) is spending its error budget "
                 f"{{{{ $value | humanize }}}} times faster than sustainable, measured over {_windows_text(burn)}."
             ),
             "runbook_url": runbook_url(spec, topology, name),
@@ -192,10 +167,6 @@ def absent_rule(spec: Spec, topology: Topology, slo: SLO) -> dict:
             "runbook_url": runbook_url(spec, topology, name),
         },
     }
-
-
-def _percent(slo: SLO) -> str:
-    return f"{decimal_text(Decimal(str(slo.objective)))}%"
 
 
 # ---------------------------------------------------------------------------------------
@@ -368,7 +339,7 @@ def build(spec: Spec, topology: Topology) -> Built:
             for burn in (settings.page, settings.ticket)
         }
         extra = {
-            "objective": _percent(slo),
+            "objective": percent(slo),
             "budget": decimal_text(budget(slo)),
             "factors": factors,
             "record": ERROR_RATIO,
