@@ -1,5 +1,6 @@
-# The instrumented WebSocket server and its load generator, as docker-compose.yml builds them
-# (`obsgen render` on a spec with a builtin service). Build context: this repository's root.
+# The instrumented WebSocket server, its load generator and the alert sink, as docker-compose.yml
+# builds them (`obsgen render` on a spec with a builtin service, or whose webhooks name the sink
+# http://alert-sink:5001/...). Build context: this repository's root.
 #
 #   docker build -t obsgen/instrumented-server:0.1.0 .
 #   docker run --rm -p 8765:8765 -v "$PWD/secret:/run/secrets/server_jwt_secret:ro" \
@@ -22,6 +23,8 @@ RUN useradd --system --uid 10001 --user-group --no-create-home --shell /usr/sbin
 USER 10001
 WORKDIR /tmp
 
-# WebSocket, /metrics, /healthz and /readyz share one port.
+# WebSocket, /metrics, /healthz and /readyz share one port. The alert sink
+# (python -m instrumented_server.alert_sink --host 0.0.0.0) listens on 5001.
 EXPOSE 8765
+EXPOSE 5001
 CMD ["python", "-m", "instrumented_server"]

@@ -242,20 +242,134 @@ class MetricsEndpoint(Model):
     scrape_interval: Duration | None = None
 
 
+# A Docker image reference as the engine parses it: [registry[:port]/]path[:tag][@algorithm:digest],
+# the path lowercase (github.com/distribution/reference).
+_IMAGE_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
+_IMAGE_DOMAIN = r"(?:[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?(?:\.[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?)*(?::[0-9]+)?)"
+_IMAGE_RE = re.compile(
+    rf"^(?:{_IMAGE_DOMAIN}/)?{_IMAGE_PART}(?:/{_IMAGE_PART})*"
+    r"(?::[\w][\w.-]{0,127})?(?:@[A-Za-z][A-Za-z0-9]*(?:[-_+.][A-Za-z][A-Za-z0-9]*)*:[0-9a-fA-F]{32,})?$",
+    re.ASCII,
+)
+
+
+def _image_reference(value: str) -> str:
+    if len(value) > 255 or not _IMAGE_RE.match(value):
+        raise ValueError("not an image reference: expected [registry/]name[:tag][@sha256:digest] with a lowercase "
+                         "name, e.g. ghcr.io/acme/chat:1.4.2")
+    return value
+
+
+def _scalar_text(value: object) -> object:
+    """YAML gives 8080 and true where compose wants text: take scalars as their text."""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return str(value)
+    return value
+
+
+def _environment_value(value: object) -> object:
+    if isinstance(value, dict) and "file" in value:
+        raise ValueError("an environment variable takes text or {env: NAME} (read from the environment of "
+                         "`docker compose up`); a file secret cannot become an environment variable")
+    value = _scalar_text(value)
+    if not isinstance(value, (str, dict, EnvSecret)):
+        raise ValueError("expected text (a string, number or true/false) or {env: NAME}")
+    return value
+
+
+ImageReference = Annotated[str, AfterValidator(_image_reference)]
+EnvName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+EnvValue = Annotated[
+    Union[Annotated[EnvSecret, Tag("EnvSecret")], Annotated[str, Tag("text")]],
+    Discriminator(lambda value: "EnvSecret" if isinstance(value, (dict, EnvSecret)) else "text"),
+    BeforeValidator(_environment_value, json_schema_input_type=Union[EnvSecret, str, int, float, bool]),
+]
+ScalarText = Annotated[str, BeforeValidator(_scalar_text, json_schema_input_type=Union[str, int, float, bool])]
+AttributeName = Annotated[str, StringConstraints(pattern=r"^[A-Za-z][A-Za-z0-9_.-]{0,254}$")]
+
+# Variables obsgen sets itself for an image service; the spec names them through other keys.
+_OWN_VARIABLES = {
+    "OTEL_SERVICE_NAME": "the service's name is `name`",
+    "OTEL_RESOURCE_ATTRIBUTES": "give resource attributes as resource_attributes: {key: value}",
+}
+# A literal value under a name like these belongs in the environment of `docker compose up`.
+_SECRET_NAME = re.compile(r"(^|_)(PASSWORD|PASSWD|SECRET|TOKEN|API_KEY|APIKEY|PRIVATE_KEY|CREDENTIALS?)$", re.I)
+
+
 class Service(Model):
-    """A service whose metrics Prometheus scrapes and whose OTLP the collector receives."""
+    """A service whose metrics Prometheus scrapes and whose OTLP the collector receives.
+
+    Three kinds: ``builtin`` (this project's server, built and run by compose), ``image`` (any
+    image, run by compose on the stack's network with the OTLP variables set), or neither: an
+    external service that compose does not run, scraped at ``host``.
+    """
 
     name: Name
     metrics: MetricsEndpoint = MetricsEndpoint()
     otlp: bool = Field(True, description="The service sends traces and logs over OTLP to the collector.")
     host: str | None = Field(
-        None, description="Host to scrape; defaults to the service name (compose) or 127.0.0.1 (local)."
+        None, description="Where to scrape an external service (neither builtin nor image); defaults to the "
+        "service name (compose: a container attached to the stack's network under that name) or 127.0.0.1 (local). "
+        "host.docker.internal reaches the Docker host.",
     )
-    port: Port | None = Field(None, description="Port the service listens on for its own traffic (WebSocket).")
+    port: Port | None = Field(
+        None, description="Port the service listens on for its own traffic (WebSocket); compose publishes it on "
+        "publish.bind for builtin and image services.",
+    )
     instances: int = Field(1, ge=1, le=64, description="Replicas to scrape (ports counted up from metrics.port).")
     builtin: bool = Field(
         False, description="This project's instrumented server: compose builds and runs it with a load generator."
     )
+    image: ImageReference | None = Field(
+        None, description="An image compose runs as this service on the stack's network, with OTEL_SERVICE_NAME, "
+        "OTEL_RESOURCE_ATTRIBUTES and (with otlp) OTEL_EXPORTER_OTLP_ENDPOINT set; scraped at <name>:<metrics.port>.",
+    )
+    command: list[ScalarText] | None = Field(
+        None, description="Arguments for an image service (compose `command`, exec form, as a list)."
+    )
+    environment: dict[EnvName, EnvValue] = Field(
+        default_factory=dict,
+        description="Environment of an image service: text, or {env: NAME} to pass a variable (a secret) from the "
+        "environment of `docker compose up`. Overrides the OTEL_EXPORTER_OTLP_* defaults.",
+    )
+    resource_attributes: dict[AttributeName, ScalarText] = Field(
+        default_factory=dict,
+        description="OpenTelemetry resource attributes of an image service, added to OTEL_RESOURCE_ATTRIBUTES.",
+    )
+
+    @model_validator(mode="after")
+    def _kind(self) -> "Service":
+        problems: list[tuple[tuple, str]] = []
+        if self.image is not None:
+            if self.builtin:
+                problems.append((("image",), "a service is either builtin (this repository's server, which compose "
+                                             "builds) or runs an image, not both"))
+            if self.host is not None:
+                problems.append((("host",), f"compose runs this image as {self.name!r} on the stack's network and "
+                                            f"scrapes it there; host is for a service compose does not run"))
+            if self.instances > 1:
+                problems.append((("instances",), "compose runs one container of an image service; run replicas "
+                                                 "yourself and list them as an external service (no image)"))
+        else:
+            for key in ("command", "environment", "resource_attributes"):
+                if getattr(self, key):
+                    problems.append(((key,), f"{key} is for a service with an image, which compose runs; "
+                                             "this service runs elsewhere"))
+        for variable, why in _OWN_VARIABLES.items():
+            if variable in self.environment:
+                problems.append((("environment", variable, "[key]"), f"obsgen sets {variable}: {why}"))
+        for variable, value in self.environment.items():
+            if isinstance(value, str) and value and _SECRET_NAME.search(variable):
+                problems.append((("environment", variable), f"{variable} looks like a secret: give {{env: NAME}} so "
+                                                            "its value stays out of the spec and the bundle"))
+        if "service.name" in self.resource_attributes:
+            problems.append((("resource_attributes", "service.name", "[key]"),
+                             "the service's name is `name` (obsgen sets OTEL_SERVICE_NAME)"))
+        if problems:
+            raise KeyPathError(problems)
+        return self
 
 
 # ---------------------------------------------------------------------------------------
@@ -344,6 +458,15 @@ class RedisSettings(Component):
     enabled: bool = Field(True, description="Run Redis as the server's backplane.")
 
 
+class AlertSinkSettings(Component):
+    """The alert sink runs when a webhook receiver's URL names it (http://alert-sink:5001/...)."""
+
+    image: ImageReference | None = Field(
+        None, description="An image holding this project's instrumented_server package; default: the server image, "
+        "built from this repository's Dockerfile.",
+    )
+
+
 class Components(Model):
     collector: CollectorSettings = CollectorSettings()
     prometheus: PrometheusSettings = PrometheusSettings()
@@ -352,6 +475,7 @@ class Components(Model):
     jaeger: JaegerSettings = JaegerSettings()
     grafana: GrafanaSettings = GrafanaSettings()
     redis: RedisSettings = RedisSettings()
+    alert_sink: AlertSinkSettings = AlertSinkSettings()
 
 
 class Publish(Model):
@@ -808,9 +932,9 @@ class Spec(Model):
     @model_validator(mode="after")
     def _fits_topology(self) -> "Spec":
         # Which ports share an address and which names are hosts is topology knowledge.
-        from stack.topology import port_conflicts, service_conflicts
+        from stack.topology import port_conflicts, receiver_conflicts, service_conflicts
 
-        problems = [*service_conflicts(self), *port_conflicts(self)]
+        problems = [*service_conflicts(self), *receiver_conflicts(self), *port_conflicts(self)]
         if problems:
             raise KeyPathError(problems)
         return self

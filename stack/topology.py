@@ -12,8 +12,9 @@ Pure: no I/O.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from urllib.parse import urlsplit, urlunsplit
 
-from stack.spec import Service, Spec
+from stack.spec import Service, Spec, WebhookReceiver
 
 # Named ports per component: (compose, local). Container ports are the images' defaults.
 PORTS: dict[str, dict[str, tuple[int, int]]] = {
@@ -37,7 +38,20 @@ PORTS: dict[str, dict[str, tuple[int, int]]] = {
     },
     "grafana": {"http": (3000, 3000)},
     "redis": {"redis": (6379, 6379)},
+    # The alert sink (python -m instrumented_server.alert_sink): runs when a webhook receiver names it.
+    "alert_sink": {"http": (5001, 5001)},
 }
+
+# Components whose compose service (and host name) is not their spec key.
+COMPOSE_NAMES: dict[str, str] = {"alert_sink": "alert-sink"}
+
+# A webhook URL with this host means the bundled alert sink, on either target: in compose it is
+# the sink's service name; locally the topology turns it into 127.0.0.1.
+ALERT_SINK_HOST = COMPOSE_NAMES["alert_sink"]
+
+# What a container uses to reach the Docker host: compose maps it to the host's gateway address
+# (extra_hosts: host-gateway, Docker Engine 20.10+) wherever a scrape target names it.
+DOCKER_HOST_NAME = "host.docker.internal"
 
 # Ports published on the host in the compose target (what a person opens or a client reaches).
 PUBLISHED: dict[str, tuple[str, ...]] = {
@@ -88,9 +102,14 @@ class Topology:
         """Address servers bind to: every interface inside a container, loopback natively."""
         return "127.0.0.1" if self.local else "0.0.0.0"
 
+    @property
+    def network(self) -> str:
+        """The compose network's name: fixed, so another compose project can join it (external: true)."""
+        return f"{self.spec.project}-obsgen"
+
     def host(self, component: str) -> str:
         """How other components reach ``component``."""
-        return "127.0.0.1" if self.local else component
+        return "127.0.0.1" if self.local else COMPOSE_NAMES.get(component, component)
 
     def port(self, component: str, name: str) -> int:
         """A named port: the spec's override, else the target's default."""
@@ -130,6 +149,13 @@ class Topology:
         host = self.service_host(service)
         return [f"{host}:{service.metrics.port + i}" for i in range(service.instances)]
 
+    def webhook_url(self, url: str) -> str:
+        """Where Alertmanager posts a webhook: the spec's URL, with the alert sink's host resolved."""
+        parts = urlsplit(url)
+        if parts.hostname != ALERT_SINK_HOST:
+            return url
+        return urlunsplit(parts._replace(netloc=self.address("alert_sink", "http")))
+
     def secret_path(self, name: str) -> str:
         """Where a component reads the secret ``name``: compose secrets, or secrets/ locally.
 
@@ -149,8 +175,28 @@ _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
 def _component_runs(spec: Spec, component: str) -> bool:
+    if component == "alert_sink":
+        return uses_alert_sink(spec)
     settings = getattr(spec.components, component, None)
     return getattr(settings, "enabled", True)
+
+
+def alert_sink_receivers(spec: Spec) -> list[int]:
+    """Indexes of the webhook receivers whose URL names the bundled alert sink."""
+    return [
+        index for index, receiver in enumerate(spec.notifications.receivers)
+        if isinstance(receiver, WebhookReceiver) and receiver.url is not None
+        and urlsplit(receiver.url).hostname == ALERT_SINK_HOST
+    ]
+
+
+def uses_alert_sink(spec: Spec) -> bool:
+    return bool(alert_sink_receivers(spec))
+
+
+def runs_in_compose(service: Service) -> bool:
+    """Compose runs builtin services (built here) and image services; external ones only get scraped."""
+    return service.builtin or service.image is not None
 
 
 def port_conflicts(spec: Spec) -> list[tuple[tuple, str]]:
@@ -173,15 +219,18 @@ def port_conflicts(spec: Spec) -> list[tuple[tuple, str]]:
         if not _component_runs(spec, component):
             continue
         settings = getattr(spec.components, component)
+        # The sink has no section of its own unless its port is moved: point at what runs it.
+        default_path = (("notifications", "receivers", alert_sink_receivers(spec)[0], "url")
+                        if component == "alert_sink" else ("components", component))
         for name in names:
             if not topology.local and name not in PUBLISHED.get(component, ()):
                 continue
-            path = ("components", component, "ports", name) if name in settings.ports else ("components", component)
+            path = ("components", component, "ports", name) if name in settings.ports else default_path
             claim(topology.port(component, name), f"{component}.{name}", path)
     for index, service in enumerate(spec.services):
         if topology.local and (service.host or "127.0.0.1") not in _LOOPBACK:
             continue  # scraped on another host
-        if not topology.local and not service.builtin:
+        if not topology.local and not runs_in_compose(service):
             continue  # runs outside compose: publishes nothing here
         if topology.local:
             for instance in range(service.instances):
@@ -205,7 +254,7 @@ def port_conflicts(spec: Spec) -> list[tuple[tuple, str]]:
 
 
 # Names compose gives its own containers (besides the components in PORTS).
-RESERVED_SERVICE_NAMES = ("secrets",)
+RESERVED_SERVICE_NAMES = ("secrets", *COMPOSE_NAMES.values())
 
 
 def service_conflicts(spec: Spec) -> list[tuple[tuple, str]]:
@@ -229,4 +278,21 @@ def service_conflicts(spec: Spec) -> list[tuple[tuple, str]]:
             problems.append((("services", index, "port"),
                              f"the built-in server serves /metrics on its WebSocket port: port ({service.port}) "
                              f"must equal metrics.port ({service.metrics.port})"))
+    return problems
+
+
+def receiver_conflicts(spec: Spec) -> list[tuple[tuple, str]]:
+    """(key path, message) for webhook URLs naming the alert sink other than where it listens."""
+    port = Topology(spec).port("alert_sink", "http")
+    problems = []
+    for index in alert_sink_receivers(spec):
+        parts = urlsplit(spec.notifications.receivers[index].url)
+        try:
+            given = parts.port
+        except ValueError:
+            given = None  # the spec's URL check reports a bad port
+        if parts.scheme != "http" or given != port:
+            problems.append((("notifications", "receivers", index, "url"),
+                             f"the alert sink listens on plain HTTP, port {port}: write "
+                             f"http://{ALERT_SINK_HOST}:{port}{parts.path or '/'}"))
     return problems

@@ -103,7 +103,9 @@ def receiver_config(receiver, topology: Topology) -> dict:
             "links": [{"href": '{{ template "obsgen.runbook" . }}', "text": "Runbook"}],
         }]}
     if isinstance(receiver, WebhookReceiver):
-        webhook: dict = {"url": receiver.url} if receiver.url is not None else {"url_file": secret("url")}
+        # A URL naming the bundled alert sink (http://alert-sink:5001/...) resolves per target.
+        webhook: dict = ({"url": topology.webhook_url(receiver.url)} if receiver.url is not None
+                         else {"url_file": secret("url")})
         webhook["send_resolved"] = receiver.send_resolved
         if receiver.max_alerts:
             webhook["max_alerts"] = receiver.max_alerts

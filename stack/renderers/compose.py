@@ -6,6 +6,13 @@ target runs native processes instead (``obsgen up``), so it renders no compose f
 
 The file is written for the Compose Specification without ``version`` or ``name`` keys, so that
 both Compose v2 (``docker compose``) and docker-compose 1.29 (``docker-compose config``) accept it.
+Its one network has a fixed name (``<project>-obsgen``, from the topology), so another compose
+project can join it as an external network.
+
+Services. Built-in ones are built from this repository with a load generator each; image ones run
+the spec's image with the OTLP variables set (``_image_service``); external ones are only scraped
+(Prometheus gets ``host.docker.internal:host-gateway`` when one is on the Docker host). The alert
+sink (``instrumented_server.alert_sink``, from the server image) runs when a webhook names it.
 
 Secrets. Alertmanager reads notification credentials, Grafana its admin password and the built-in
 server its token-signing key from files under /run/secrets. One short-lived ``secrets`` service
@@ -21,13 +28,21 @@ a message naming it.
 from __future__ import annotations
 
 import shlex
+from urllib.parse import quote, urlsplit
 
 import yaml
 
 from stack.errors import RenderError
 from stack.renderers import commands
 from stack.spec import EnvSecret, FileSecret, Service, Spec, image_for
-from stack.topology import CONFIG_DIRS, PUBLISHED, Topology
+from stack.topology import (
+    CONFIG_DIRS,
+    DOCKER_HOST_NAME,
+    PUBLISHED,
+    Topology,
+    runs_in_compose,
+    uses_alert_sink,
+)
 
 PATH = "docker-compose.yml"
 HEADER = (
@@ -77,9 +92,28 @@ def staged_secrets(spec: Spec) -> list[tuple[str, FileSecret | EnvSecret | None,
     return secrets
 
 
-def _stage_script(secrets: list[tuple[str, FileSecret | EnvSecret | None, str]]) -> str:
+def service_variables(spec: Spec) -> list[tuple[str, str]]:
+    """(variable, what reads it) for every {env: NAME} in an image service's environment.
+
+    Compose passes them as ``${NAME:-}`` (so ``docker compose config`` works without them); the
+    secrets service checks that each is set, and the services wait for it, so a missing one stops
+    the stack at start with a message naming it instead of starting a service with an empty value.
+    """
+    found: dict[str, str] = {}
+    for service in spec.services:
+        for key, value in service.environment.items():
+            if isinstance(value, EnvSecret):
+                found.setdefault(value.env, f"{key} of service {service.name}")
+    return sorted(found.items())
+
+
+def _stage_script(secrets: list[tuple[str, FileSecret | EnvSecret | None, str]],
+                  variables: list[tuple[str, str]] = ()) -> str:
     """Shell run by the secrets service. Values never appear here: only names and variables."""
     lines = ["set -eu", "umask 077"]
+    for variable, reader in variables:
+        message = shlex.quote(f"obsgen: set the environment variable {variable} ({reader})")
+        lines.append(f'[ -n "${{{variable}:-}}" ] || {{ echo {message} >&2; exit 1; }}')
     for name, ref, reader in secrets:
         target = shlex.quote(f"{STAGED}/{name}")
         temp = shlex.quote(f"{STAGED}/.{name}.tmp")
@@ -103,12 +137,13 @@ def _stage_script(secrets: list[tuple[str, FileSecret | EnvSecret | None, str]])
 
 def _secrets_service(spec: Spec, secrets) -> dict:
     files = [name for name, ref, _ in secrets if isinstance(ref, FileSecret)]
-    variables = sorted({ref.env for _, ref, _ in secrets if isinstance(ref, EnvSecret)})
+    checked = service_variables(spec)
+    variables = sorted({ref.env for _, ref, _ in secrets if isinstance(ref, EnvSecret)} | {v for v, _ in checked})
     service: dict = {
         # The alertmanager image: pinned, pulled anyway, with a busybox shell (sh, cp, chown, base64).
         "image": image_for(spec, "alertmanager"),
         "user": "0",
-        "entrypoint": ["/bin/sh", "-c", _stage_script(secrets)],
+        "entrypoint": ["/bin/sh", "-c", _stage_script(secrets, checked)],
         "network_mode": "none",
         "restart": "no",
         "volumes": [f"{SECRETS_VOLUME}:{STAGED}"],
@@ -181,8 +216,14 @@ def _collector(spec: Spec, topology: Topology) -> dict:
     )
 
 
+def _docker_host(hosts) -> dict:
+    """``host.docker.internal`` for a container that dials the Docker host (Docker Desktop has it;
+    Linux engines 20.10+ map it to the host's gateway address only when asked)."""
+    return {"extra_hosts": [f"{DOCKER_HOST_NAME}:host-gateway"]} if DOCKER_HOST_NAME in hosts else {}
+
+
 def _prometheus(spec: Spec, topology: Topology) -> dict:
-    settings = spec.components.prometheus
+    scraped = {topology.service_host(service) for service in spec.services if not runs_in_compose(service)}
     return _service(
         spec, "prometheus",
         command=commands.prometheus(spec, topology),
@@ -190,10 +231,15 @@ def _prometheus(spec: Spec, topology: Topology) -> dict:
         ports=_published(spec, topology, "prometheus"),
         healthcheck=_http_check(f"http://localhost:{topology.port('prometheus', 'http')}/-/ready"),
         depends_on={**_started("collector"), **_healthy("alertmanager")},
+        **_docker_host(scraped),
     )
 
 
 def _alertmanager(spec: Spec, topology: Topology) -> dict:
+    webhooks = {urlsplit(r.url).hostname for r in spec.notifications.receivers if getattr(r, "url", None)}
+    depends_on = _staged()
+    if uses_alert_sink(spec):
+        depends_on.update(_started(topology.host("alert_sink")))
     return _service(
         spec, "alertmanager",
         command=commands.alertmanager(spec, topology),
@@ -204,7 +250,8 @@ def _alertmanager(spec: Spec, topology: Topology) -> dict:
         ],
         ports=_published(spec, topology, "alertmanager"),
         healthcheck=_http_check(f"http://localhost:{topology.port('alertmanager', 'http')}/-/ready"),
-        depends_on=_staged(),
+        depends_on=depends_on,
+        **_docker_host(webhooks),
     )
 
 
@@ -348,6 +395,70 @@ def _loadgen(spec: Spec, topology: Topology, service: Service) -> dict:
     }
 
 
+def _python_check(url: str) -> dict:
+    # The server image has Python, no curl or wget.
+    return {"test": ["CMD", "python", "-c", f"import urllib.request; urllib.request.urlopen('{url}', timeout=3)"],
+            **HEALTH_TIMING}
+
+
+def _alert_sink(spec: Spec, topology: Topology) -> dict:
+    """The webhook receiver that logs every notification (instrumented_server/alert_sink.py)."""
+    from instrumented_server.alert_sink import HEALTH_PATH
+
+    port = topology.port("alert_sink", "http")
+    image = spec.components.alert_sink.image
+    return {
+        **({"image": image} if image else _server_build(spec)),
+        "command": ["python", "-m", "instrumented_server.alert_sink", "--host", topology.listen_host, "--port", str(port)],
+        "healthcheck": _python_check(f"http://127.0.0.1:{port}{HEALTH_PATH}"),
+        "restart": RESTART,
+        **_limits(spec, "alert_sink"),
+    }
+
+
+def _literal(text: str) -> str:
+    """Compose interpolates ${VAR} and $VAR in the file: $$ keeps a spec's $ as written."""
+    return text.replace("$", "$$")
+
+
+def resource_attributes(spec: Spec, topology: Topology, service: Service) -> str:
+    """OTEL_RESOURCE_ATTRIBUTES: key=value pairs, values percent-encoded as the SDKs decode them.
+
+    ``service.instance.id`` is the address Prometheus scrapes, so the collector's re-exposed OTLP
+    metrics and the scraped ones carry the same ``instance``. No ``service.namespace``: the
+    collector's Prometheus exporter would prefix the job with it, and the job is the service name.
+    """
+    target = topology.service_metrics_targets(service)[0]
+    attributes = {"service.instance.id": target, **service.resource_attributes}
+    return ",".join(f"{key}={quote(value, safe='-._~:/@')}" for key, value in sorted(attributes.items()))
+
+
+def _image_service(spec: Spec, topology: Topology, service: Service) -> dict:
+    """A user's image on the stack's network: named OTLP settings, scraped at <name>:<metrics.port>."""
+    environment: dict[str, str] = {}
+    if service.otlp:
+        # OTLP/HTTP: the SDKs' default protocol; a gRPC-only SDK overrides both in the spec's environment.
+        environment["OTEL_EXPORTER_OTLP_ENDPOINT"] = topology.url("collector", "otlp_http")
+        environment["OTEL_EXPORTER_OTLP_PROTOCOL"] = "http/protobuf"
+    environment["OTEL_SERVICE_NAME"] = service.name
+    environment["OTEL_RESOURCE_ATTRIBUTES"] = _literal(resource_attributes(spec, topology, service))
+    for key, value in service.environment.items():
+        environment[key] = f"${{{value.env}:-}}" if isinstance(value, EnvSecret) else _literal(value)
+    container: dict = {"image": service.image}
+    if service.command is not None:
+        container["command"] = [_literal(argument) for argument in service.command]
+    container["environment"] = environment
+    if service.port is not None:
+        container["ports"] = [f"{spec.publish.bind}:{service.port}:{service.port}"]
+    depends_on = _started("collector") if service.otlp else {}
+    if any(isinstance(value, EnvSecret) for value in service.environment.values()):
+        depends_on.update(_staged())  # the secrets service checks the variables are set
+    if depends_on:
+        container["depends_on"] = depends_on
+    container["restart"] = RESTART
+    return container
+
+
 def compose(spec: Spec, topology: Topology) -> dict:
     secrets = staged_secrets(spec)
     services = {
@@ -361,11 +472,18 @@ def compose(spec: Spec, topology: Topology) -> dict:
     if spec.components.redis.enabled:
         services["redis"] = _redis(spec, topology)
     services[SECRETS_SERVICE] = _secrets_service(spec, secrets)
-    for service in _builtin_services(spec):
-        services.update(_server_instances(spec, topology, service))
-        services[f"{service.name}-loadgen"] = _loadgen(spec, topology, service)
+    if uses_alert_sink(spec):
+        services[topology.host("alert_sink")] = _alert_sink(spec, topology)
+    for service in spec.services:
+        if service.builtin:
+            services.update(_server_instances(spec, topology, service))
+            services[f"{service.name}-loadgen"] = _loadgen(spec, topology, service)
+        elif service.image is not None:
+            services[service.name] = _image_service(spec, topology, service)
     document: dict = {
         "services": services,
+        # Named, not <directory>_default: another compose project joins it as an external network.
+        "networks": {"default": {"name": topology.network}},
         "volumes": {name: {} for name in (*DATA_VOLUMES, SECRETS_VOLUME)},
     }
     files = {name: {"file": ref.file} for name, ref, _ in secrets if isinstance(ref, FileSecret)}

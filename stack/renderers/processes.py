@@ -16,7 +16,7 @@ from stack.renderers import commands
 from stack.renderers.compose import GRAFANA_PASSWORD_SECRET, JWT_SECRET, staged_secrets
 from stack.renderers.jaeger import HEALTH_PATH as JAEGER_HEALTH_PATH
 from stack.spec import EnvSecret, FileSecret, Service, Spec
-from stack.topology import Topology
+from stack.topology import Topology, uses_alert_sink
 
 PATH = "local/processes.yaml"
 HEADER = (
@@ -54,6 +54,12 @@ def _server(spec: Spec, topology: Topology, service: Service, instance: int) -> 
 
 def processes(spec: Spec, topology: Topology) -> dict:
     entries = []
+    if uses_alert_sink(spec):  # where webhooks to http://alert-sink:<port>/... land; logs/alert-sink.log
+        entries.append(_entry(
+            "alert-sink", ["{python}"],
+            ["-m", "instrumented_server.alert_sink", "--host", "127.0.0.1", "--port", str(topology.port("alert_sink", "http"))],
+            _http(topology, "alert_sink", "http", "/healthz"), [topology.url("alert_sink", "http")],
+        ))
     if spec.components.redis.enabled:
         entries.append(_entry(
             "redis", ["redis-server"], commands.redis(spec, topology),

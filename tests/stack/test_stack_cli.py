@@ -198,7 +198,8 @@ def test_init_starters_commented_examples_are_valid_too(tmp_path):
     assert {r.type for r in spec.notifications.receivers} == {"webhook", "slack", "pagerduty", "email"}
     assert spec.alerts.thresholds and spec.dashboards.custom and spec.components.grafana.admin_password
     assert len(spec.slos) == 2 and spec.notifications.route is not None
-    assert [s.builtin for s in spec.services] == [False, True]
+    # An external service, one compose runs from an image, the built-in server.
+    assert [(s.builtin, s.image is not None) for s in spec.services] == [(False, False), (False, True), (True, False)]
 
 
 def test_init_refuses_to_overwrite_without_force(tmp_path):

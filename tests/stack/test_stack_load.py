@@ -275,3 +275,117 @@ def test_the_default_specs_commented_receivers_are_valid_when_switched_on():
     text = re.sub(r"(?m)^(\s*)# (\s*(?:- type:|[a-z_]+:).*)$", r"\1\2", default_spec_text())
     spec = load_spec(text, "default-with-examples.yaml")
     assert {r.type for r in spec.notifications.receivers} == {"webhook", "slack", "pagerduty", "email"}
+
+
+# ---------------------------------------------------------------------------------------
+# The user's own services (image or external) and the alert sink
+# ---------------------------------------------------------------------------------------
+
+IMAGE_SERVICE = """\
+version: 1
+project: demo
+services:
+  - name: api
+    image: ghcr.io/acme/api:1.0
+    metrics: {port: 9464}
+"""
+SINK_HOOK = "notifications:\n  receivers:\n    - {{type: webhook, name: w, url: '{url}'}}\n"
+
+SERVICE_CASES = [
+    pytest.param(IMAGE_SERVICE + "    builtin: true\n", 5, "services[0].image", "either builtin", id="image-and-builtin"),
+    pytest.param(IMAGE_SERVICE.replace("ghcr.io/acme/api:1.0", "ghcr.io/Acme/API:1.0"), 5, "services[0].image",
+                 "not an image reference: expected [registry/]name[:tag][@sha256:digest] with a lowercase name",
+                 id="uppercase-image"),
+    pytest.param(IMAGE_SERVICE.replace("ghcr.io/acme/api:1.0", "'acme/api:${TAG}'"), 5, "services[0].image",
+                 "not an image reference", id="image-with-variable"),
+    pytest.param(IMAGE_SERVICE.replace("ghcr.io/acme/api:1.0", "acme/api:1.0 --rm"), 5, "services[0].image",
+                 "not an image reference", id="image-with-space"),
+    pytest.param(IMAGE_SERVICE + "    host: api.internal\n", 7, "services[0].host", "host is for a service compose does not run",
+                 id="image-with-host"),
+    pytest.param(IMAGE_SERVICE + "    instances: 2\n", 7, "services[0].instances", "one container of an image service",
+                 id="image-with-instances"),
+    pytest.param(VALID + "    environment: {LOG_LEVEL: info}\n", 7, "services[0].environment",
+                 "environment is for a service with an image", id="environment-without-image"),
+    pytest.param(VALID + "    command: [serve]\n", 7, "services[0].command", "command is for a service with an image",
+                 id="command-without-image"),
+    pytest.param(IMAGE_SERVICE + "    environment:\n      OTEL_SERVICE_NAME: other\n", 8,
+                 "services[0].environment.OTEL_SERVICE_NAME", "obsgen sets OTEL_SERVICE_NAME: the service's name is `name`",
+                 id="own-service-name"),
+    pytest.param(IMAGE_SERVICE + "    environment:\n      OTEL_RESOURCE_ATTRIBUTES: a=b\n", 8,
+                 "services[0].environment.OTEL_RESOURCE_ATTRIBUTES", "resource_attributes: {key: value}",
+                 id="own-resource-attributes"),
+    pytest.param(IMAGE_SERVICE + "    environment:\n      DB_PASSWORD: hunter2\n", 8,
+                 "services[0].environment.DB_PASSWORD", "looks like a secret: give {env: NAME}", id="literal-secret"),
+    pytest.param(IMAGE_SERVICE + "    environment:\n      TOKEN: {file: token.txt}\n", 8,
+                 "services[0].environment.TOKEN", "a file secret cannot become an environment variable",
+                 id="file-secret-in-environment"),
+    pytest.param(IMAGE_SERVICE + "    environment:\n      bad-name: x\n", 8,
+                 "services[0].environment.bad-name", "an environment variable name", id="bad-variable-name"),
+    pytest.param(IMAGE_SERVICE + "    environment:\n      LEVEL: [a]\n", 8,
+                 "services[0].environment.LEVEL", "expected text (a string, number or true/false) or {env: NAME}",
+                 id="list-as-variable"),
+    pytest.param(IMAGE_SERVICE + "    resource_attributes: {service.name: x}\n", 7,
+                 "services[0].resource_attributes.service.name", "the service's name is `name`",
+                 id="resource-attribute-service-name"),
+    pytest.param(VALID.replace("name: ws", "name: alert-sink"), 4, "services[0].name", "is the name of a stack component",
+                 id="service-named-like-the-sink"),
+    pytest.param(VALID + SINK_HOOK.format(url="http://alert-sink:8080/alerts"), 9, "notifications.receivers[0].url",
+                 "the alert sink listens on plain HTTP, port 5001: write http://alert-sink:5001/alerts", id="sink-wrong-port"),
+    pytest.param(VALID + SINK_HOOK.format(url="https://alert-sink:5001/alerts"), 9, "notifications.receivers[0].url",
+                 "the alert sink listens on plain HTTP", id="sink-over-https"),
+    pytest.param(VALID + SINK_HOOK.format(url="http://alert-sink/alerts"), 9, "notifications.receivers[0].url",
+                 "write http://alert-sink:5001/alerts", id="sink-without-port"),
+    pytest.param(VALID + "components:\n  alert_sink:\n    ports: {http: 5002}\n" + SINK_HOOK.format(url="http://alert-sink:5001/a"),
+                 12, "notifications.receivers[0].url", "port 5002: write http://alert-sink:5002/a", id="sink-moved"),
+    pytest.param(VALID + "components:\n  alert_sink:\n    image: 'Not An Image'\n", 9, "components.alert_sink.image",
+                 "not an image reference", id="sink-image"),
+    pytest.param(VALID.replace("project: demo", "project: demo\ntarget: local").replace("port: 9100", "port: 5001")
+                 + SINK_HOOK.format(url="http://alert-sink:5001/a"),
+                 7, "services[0].metrics.port", "port 5001 is used by alert_sink.http, service ws in the local target",
+                 id="sink-port-taken-locally"),
+]
+
+
+@pytest.mark.parametrize("text, line, path, message", SERVICE_CASES)
+def test_each_mistake_about_own_services_and_the_sink_is_located(text, line, path, message):
+    issue = only_issue(text)
+    assert (issue.line, issue.path) == (line, path), str(issue)
+    assert message in issue.message, str(issue)
+
+
+def test_a_literal_secret_in_a_service_environment_is_never_echoed():
+    issue = only_issue(IMAGE_SERVICE + "    environment:\n      API_TOKEN: s3cr3t-value-123\n")
+    assert "s3cr3t-value-123" not in str(issue)
+
+
+def test_image_services_take_what_compose_needs_to_run_them():
+    spec = load_spec(IMAGE_SERVICE + textwrap.indent(textwrap.dedent("""\
+        command: [serve, --workers, 4, --debug, true]
+        environment: {LOG_LEVEL: info, WORKERS: 4, VERBOSE: false, DB_PASSWORD: {env: API_DB_PASSWORD}, EMPTY: ''}
+        resource_attributes: {deployment.environment.name: staging, build: 1234}
+        port: 8080
+        """), "    "), "obsgen.yaml")
+    (api,) = spec.services
+    assert api.image == "ghcr.io/acme/api:1.0"
+    assert api.command == ["serve", "--workers", "4", "--debug", "true"]
+    assert api.environment["WORKERS"] == "4" and api.environment["VERBOSE"] == "false"
+    assert api.environment["DB_PASSWORD"].env == "API_DB_PASSWORD"
+    assert api.resource_attributes == {"deployment.environment.name": "staging", "build": "1234"}
+
+
+@pytest.mark.parametrize("image", [
+    "redis", "redis:7.4-alpine", "ghcr.io/acme/api:1.0", "localhost:5000/team/app_name:v2",
+    "registry.example.com:443/a/b/c", "acme/api@sha256:" + "a" * 64, "acme/api:1.0@sha256:" + "b" * 64,
+])
+def test_image_references_docker_accepts_are_accepted(image):
+    spec = load_spec(IMAGE_SERVICE.replace("ghcr.io/acme/api:1.0", f"'{image}'"), "obsgen.yaml")
+    assert spec.services[0].image == image
+
+
+def test_the_default_spec_pages_the_bundled_alert_sink():
+    from stack.topology import uses_alert_sink
+
+    spec = load_default_spec()
+    assert uses_alert_sink(spec)
+    assert {r.url for r in spec.notifications.receivers} == {
+        "http://alert-sink:5001/alerts/oncall", "http://alert-sink:5001/alerts/team"}
