@@ -1,23 +1,29 @@
 #!/usr/bin/env bash
 # Install and build the real tools obsgen checks and runs its rendered stack with:
-#   Debian packages   prometheus (+ promtool), prometheus-alertmanager (+ amtool), redis-server,
-#                     docker-compose
+#   Debian package    redis-server
 #   collector builder otelcol, from collector/builder-config.yaml at the pinned collector version
-#   go install        amtool and alertmanager (as new as `go install` can build), Jaeger v2;
-#                     Prometheus 3 is attempted once and falls back to Debian's 2.x.
-# Versions come from stack/data/versions.yaml. Everything built lands in $OBSGEN_TOOLS/bin
-# (default <repo>/.tools/bin). Idempotent: a tool whose binary reports the right version and whose
-# cache key (version + build inputs) is unchanged is not rebuilt, and a build that failed is not
-# retried for the same key unless --retry-failed is given. Never downloads a prebuilt binary: the
-# Go module proxy is used only through `go install MODULE@VERSION` and the collector builder.
+#   go install        prometheus + promtool, amtool, alertmanager
+#   go get -tool      jaeger, pint, docker-compose (Compose v5), each in a throwaway module
+#                     (their go.mod has replace directives, which `go install` refuses)
+# Versions come from stack/data/versions.yaml (`native:`), stamped into the binaries with -ldflags -X.
+#
+# Everything lives outside the checkout, so every clone, CI run and second checkout reuses it:
+#   $OBSGEN_TOOLS (default ${XDG_CACHE_HOME:-~/.cache}/obsgen/tools): bin/, state/, src/
+#   Go's own module and build caches at Go's defaults (go env GOMODCACHE GOCACHE)
+# Idempotent: a tool whose binary reports the right version and whose cache key (version + recipe
+# + Go version) is unchanged is not rebuilt; a build that failed is not retried for the same key
+# unless --retry-failed is given. Never downloads a prebuilt binary: the Go module proxy is used
+# only through `go install`, `go get` and the collector builder. Exits 1 if a tool is missing.
 #
 # Usage: scripts/install-tools.sh [--retry-failed]
 set -euo pipefail
 
+SCRIPT_START=$(date +%s%3N)
 REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-TOOLS=${OBSGEN_TOOLS:-$REPO/.tools}
+TOOLS=${OBSGEN_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/obsgen/tools}
 BIN=$TOOLS/bin
 STATE=$TOOLS/state   # cache keys (*.key), cached failures (*.failed), build logs (*.log)
+SRC=$TOOLS/src       # throwaway Go modules for `go get -tool` builds
 GO_BIN_DIR=$TOOLS/go/bin
 MANIFEST=$REPO/collector/builder-config.yaml
 VERSIONS=$REPO/stack/data/versions.yaml
@@ -26,17 +32,17 @@ RETRY_FAILED=0
 for arg in "$@"; do
   case $arg in
     --retry-failed) RETRY_FAILED=1 ;;
-    -h|--help) sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0" | sed 's/^# \{0,1\}//'; exit 0 ;;
     *) echo "install-tools: unknown argument: $arg (try --help)" >&2; exit 2 ;;
   esac
 done
 
-# Compiled Go objects are cached under $OBSGEN_TOOLS (delete it for a truly fresh build);
-# downloaded modules stay in the standard module cache, shared with other Go work.
-export GOCACHE=${OBSGEN_GOCACHE:-$TOOLS/go/cache}
-export GOTOOLCHAIN=local   # build with the installed Go; never fetch a toolchain behind our back
-export GOFLAGS=${GOFLAGS:-"-buildvcs=false"}
-mkdir -p "$BIN" "$STATE" "$GO_BIN_DIR" "$GOCACHE"
+# The installed Go builds everything (never a toolchain fetched behind our back); no VCS stamping
+# (module builds have none) and -trimpath, so compiled objects do not depend on where a build
+# runs and Go's build cache serves every checkout. GOCACHE and GOMODCACHE stay Go's defaults.
+export GOTOOLCHAIN=local
+export GOFLAGS=-buildvcs=false
+mkdir -p "$BIN" "$STATE" "$SRC" "$GO_BIN_DIR"
 
 die() { echo "install-tools: error: $*" >&2; exit 1; }
 note() { echo "install-tools: $*" >&2; }
@@ -49,36 +55,46 @@ add_row() { ROWS+=("$1|$2|$3|$4|$5"); }
 # Lines printed under the table: what could not be built, and why.
 NOTES=()
 add_note() { NOTES+=("$1"); }
+MISSING=()
 
 # ---------------------------------------------------------------------------------------------
-# Pinned versions (one place: stack/data/versions.yaml) and the manifest's agreement with them.
+# Versions (one place: stack/data/versions.yaml) and the collector manifest's agreement with them.
 # ---------------------------------------------------------------------------------------------
 command -v python3 >/dev/null || die "python3 is needed to read $VERSIONS"
 python3 -c 'import yaml' 2>/dev/null \
-  || die "python3 cannot import yaml: pip install -e . (or apt-get install python3-yaml) first"
-pin() {
-  python3 - "$VERSIONS" "$1" <<'PY'
+  || die "python3 cannot import yaml: pip install . (or apt-get install python3-yaml) first"
+
+# VERSION[tool] = what the binary must report; MODULE_VERSION[tool] = the Go module version built.
+declare -A VERSION MODULE_VERSION
+while read -r tool version module_version; do
+  VERSION[$tool]=$version
+  MODULE_VERSION[$tool]=$module_version
+done < <(python3 - "$VERSIONS" <<'PY'
 import sys, yaml
 with open(sys.argv[1], encoding="utf-8") as f:
-    print(yaml.safe_load(f)[sys.argv[2]]["version"])
+    data = yaml.safe_load(f)
+problems = []
+for tool, entry in (data.get("native") or {}).items():
+    if ("pin" in entry) == ("version" in entry):
+        problems.append(f"native.{tool}: give exactly one of pin or version")
+        continue
+    version = str(data[entry["pin"]]["version"] if "pin" in entry else entry["version"])
+    module_version = str(entry.get("module_version") or f"v{version}")
+    if tool in ("prometheus", "promtool"):
+        # Prometheus 3.x is published as Go module versions v0.3MM.P (3.16.0 -> v0.316.0).
+        major, minor, patch = (int(x) for x in version.split("."))
+        expected = f"v0.{major * 100 + minor}.{patch}"
+        if module_version != expected:
+            problems.append(f"native.{tool}: Prometheus {version} is module version {expected}, not {module_version}")
+    print(tool, version, module_version)
+if problems:
+    sys.exit(f"{sys.argv[1]}:\n  " + "\n  ".join(problems))
 PY
-}
-COLLECTOR_VERSION=$(pin collector)
-PROMETHEUS_VERSION=$(pin prometheus)
-ALERTMANAGER_VERSION=$(pin alertmanager)
-JAEGER_VERSION=$(pin jaeger)
-
-# Alertmanager's cmd/alertmanager embeds a UI build (ui/app/dist) from v0.32 on, which the Go
-# module does not ship, so `go install` of it fails there; v0.31.0 is the newest that builds.
-ALERTMANAGER_GO_FALLBACK=0.31.0
-# Jaeger's module path has no /v2, so `go install ...@v2.x` is refused: build the commit the v2
-# tag points at. Add a line here when versions.yaml moves Jaeger (git rev-list -n1 v<version>).
-jaeger_tag_commit() {
-  case $1 in
-    2.20.0) echo 798e4b0fcf22609e381df764a01461affd813e1e ;;
-    *) return 1 ;;
-  esac
-}
+)
+for tool in otelcol prometheus promtool jaeger amtool alertmanager pint docker-compose; do
+  [[ -n ${VERSION[$tool]:-} ]] || die "$VERSIONS has no native.$tool"
+done
+COLLECTOR_VERSION=${VERSION[otelcol]}
 
 # Checks the manifest against the pin and prints the stable (v1.x) core version it pairs with.
 COLLECTOR_STABLE_VERSION=$(python3 - "$MANIFEST" "$COLLECTOR_VERSION" <<'PY'
@@ -116,7 +132,9 @@ PY
 # ---------------------------------------------------------------------------------------------
 # 1. Debian packages
 # ---------------------------------------------------------------------------------------------
-DEB_PACKAGES=(prometheus prometheus-alertmanager redis-server docker-compose)
+# Only what no Go build provides. Debian's prometheus (2.42), prometheus-alertmanager (0.25) and
+# docker-compose (1.29) are no longer installed: the Go builds below replace them.
+DEB_PACKAGES=(redis-server)
 deb_installed() { [[ $(dpkg-query -W -f='${Status}' "$1" 2>/dev/null) == "install ok installed" ]]; }
 deb_version() { dpkg-query -W -f='${Version}' "$1" 2>/dev/null; }
 
@@ -133,8 +151,8 @@ install_debian_packages() {
     sudo=(sudo)
   fi
   note "installing Debian packages: ${missing[*]}"
-  # Keep apt from starting redis-server, prometheus and alertmanager as system services: tests and
-  # `obsgen up` start their own on free ports. policy-rc.d exit 101 = "action forbidden".
+  # Keep apt from starting redis-server as a system service: tests and `obsgen up` start their
+  # own on free ports. policy-rc.d exit 101 = "action forbidden".
   local policy=/usr/sbin/policy-rc.d created_policy=0
   if [[ ! -e $policy ]]; then
     printf '#!/bin/sh\n# temporary, from obsgen scripts/install-tools.sh\nexit 101\n' | "${sudo[@]}" tee "$policy" >/dev/null
@@ -158,228 +176,208 @@ DEB_TIME=$(secs_since "$t0")
 # ---------------------------------------------------------------------------------------------
 # Cached builds
 # ---------------------------------------------------------------------------------------------
-command -v go >/dev/null || die "Go is needed to build the collector (install Go >= 1.25)"
+command -v go >/dev/null || die "Go is needed to build the tools (install Go >= 1.25)"
 GO_VERSION=$(go env GOVERSION)
 
-# first_line CMD...: the first line a version command prints (stdout or stderr), or nothing.
-first_line() { "$@" 2>&1 | head -n1 || true; }
-
-# is_cached NAME KEY CHECK...: the binary exists, was built with KEY, and CHECK succeeds.
-is_cached() {
-  local name=$1 key=$2; shift 2
-  [[ -x $BIN/$name && -f $STATE/$name.key && $(<"$STATE/$name.key") == "$key" ]] && "$@" >/dev/null 2>&1
+# reports_version BINARY VERSION ARGS...: the binary's version output names VERSION.
+reports_version() {
+  local binary=$1 version=$2; shift 2
+  [[ -x $binary ]] || return 1
+  "$binary" "$@" 2>&1 | head -n 5 | grep -qE "(^|[^0-9.])v?${version//./\\.}([^0-9.]|$)"
 }
-# failed_before NAME KEY: this exact build failed before (and --retry-failed was not given).
+# How each binary is asked for its version.
+declare -A VERSION_ARGS=(
+  [otelcol]=--version [prometheus]=--version [promtool]=--version [amtool]=--version
+  [alertmanager]=--version [jaeger]=version [pint]=version [docker-compose]="version --short"
+)
+binary_ok() {  # NAME: $BIN/NAME reports VERSION[NAME]
+  # shellcheck disable=SC2086  # VERSION_ARGS holds words
+  reports_version "$BIN/$1" "${VERSION[$1]}" ${VERSION_ARGS[$1]}
+}
+
+# failed_before STEP KEY: this exact build failed before (and --retry-failed was not given).
 failed_before() {
   ((RETRY_FAILED == 0)) && [[ -f $STATE/$1.failed && $(head -n1 "$STATE/$1.failed") == "$2" ]]
 }
-record_failure() {  # NAME KEY LOG
-  { echo "$2"; grep -v '^go: downloading' "$3" | tail -n 8; } >"$STATE/$1.failed"
-}
 failure_reason() { tail -n +2 "$STATE/$1.failed" | grep -v '^\s*$' | tail -n 4 | tr '\n\t' '  ' | sed 's/  */ /g'; }
 
-# go_install NAME PACKAGE@REF LDFLAGS: build one command into $BIN/NAME; returns 1 on failure
-# (the log stays in $STATE/NAME.log and the failure is cached under the key).
-go_install() {
-  local name=$1 target=$2 ldflags=$3 stage
-  stage=$(mktemp -d "$TOOLS/go/stage.XXXXXX")
-  if GOBIN=$stage go install -trimpath -ldflags "$ldflags" "$target" >"$STATE/$name.log" 2>&1; then
-    local built
-    built=$(find "$stage" -maxdepth 1 -type f | head -n1)
-    install -m 0755 "$built" "$BIN/$name.new" && mv -f "$BIN/$name.new" "$BIN/$name"
-    rm -rf "$stage"
+# cached_step STEP KEY BUILD BINARY...: run BUILD (a function; its output goes to
+# $STATE/STEP.log) unless every BINARY is there, reports its pinned version and was built with KEY.
+# A failure is recorded under KEY in $STATE/STEP.failed and the step's binaries are removed, so
+# no binary of another version stays on PATH.
+cached_step() {
+  local step=$1 key=$2 build=$3; shift 3
+  local binaries=("$@") t0 all_ok=1 name
+  t0=$(now_ms)
+  if [[ -f $STATE/$step.key && $(<"$STATE/$step.key") == "$key" ]]; then
+    for name in "${binaries[@]}"; do binary_ok "$name" || all_ok=0; done
+    if ((all_ok)); then
+      for name in "${binaries[@]}"; do add_row "$name" "${VERSION[$name]}" "$SOURCE (cached)" "$BIN/$name" "$(secs_since "$t0")"; done
+      return 0
+    fi
+  fi
+  if failed_before "$step" "$key"; then
+    for name in "${binaries[@]}"; do
+      rm -f "$BIN/$name"
+      add_row "$name" "-" "not built" "-" "-"
+      MISSING+=("$name")
+    done
+    rm -f "$STATE/$step.key"
+    add_note "$step ${VERSION[${binaries[0]}]}: failed before for the same key (--retry-failed retries): $(failure_reason "$step")"
     return 0
   fi
-  rm -rf "$stage"
-  return 1
+  note "building $step ${VERSION[${binaries[0]}]}: $SOURCE"
+  all_ok=0
+  if "$build" >"$STATE/$step.log" 2>&1; then
+    all_ok=1
+    for name in "${binaries[@]}"; do binary_ok "$name" || { all_ok=0; echo "$BIN/$name does not report version ${VERSION[$name]}" >>"$STATE/$step.log"; }; done
+  fi
+  if ((all_ok)); then
+    echo "$key" >"$STATE/$step.key"
+    rm -f "$STATE/$step.failed"
+    for name in "${binaries[@]}"; do add_row "$name" "${VERSION[$name]}" "$SOURCE" "$BIN/$name" "$(secs_since "$t0")"; done
+    return 0
+  fi
+  { echo "$key"; grep -v '^go: downloading' "$STATE/$step.log" | tail -n 8; } >"$STATE/$step.failed"
+  rm -f "$STATE/$step.key"
+  for name in "${binaries[@]}"; do
+    rm -f "$BIN/$name"
+    add_row "$name" "-" "not built" "-" "$(secs_since "$t0")"
+    MISSING+=("$name")
+  done
+  add_note "$step ${VERSION[${binaries[0]}]}: build failed after $(secs_since "$t0") (log: $STATE/$step.log): $(failure_reason "$step")"
+}
+
+# install_from STAGE NAME=BUILT...: move built binaries from STAGE into $BIN under their names.
+install_from() {
+  local stage=$1 pair; shift
+  for pair in "$@"; do
+    install -m 0755 "$stage/${pair#*=}" "$BIN/${pair%%=*}.new" || return 1
+    mv -f "$BIN/${pair%%=*}.new" "$BIN/${pair%%=*}" || return 1
+  done
 }
 
 # prometheus/common/version variables, as Prometheus' own release builds (promu) set them.
-prom_ldflags() {
+prom_ldflags() {  # VERSION MODULE_VERSION
   echo "-s -w -X github.com/prometheus/common/version.Version=$1" \
+       "-X github.com/prometheus/common/version.Revision=$2" \
        "-X github.com/prometheus/common/version.Branch=v$1" \
        "-X github.com/prometheus/common/version.BuildUser=obsgen-install-tools"
+}
+
+# Recipes: what each step runs. They are part of the cache key, so changing one rebuilds.
+# go install TARGET... with LDFLAGS into a stage directory (go install names binaries itself).
+go_install_recipe() {  # LDFLAGS NAME=BUILT... -- TARGET...
+  local ldflags=$1; shift
+  local pairs=() stage status=0
+  while [[ $1 != -- ]]; do pairs+=("$1"); shift; done; shift
+  stage=$(mktemp -d "$TOOLS/stage.XXXXXX")
+  GOBIN=$stage go install -trimpath -ldflags "$ldflags" "$@" || status=$?
+  if ((status == 0)); then install_from "$stage" "${pairs[@]}" || status=$?; fi
+  rm -rf "$stage"
+  return "$status"
+}
+# A throwaway module under $SRC that depends on TARGET as a tool (`go get -tool`), built with
+# `go build -o DIR/ tool`: for modules `go install` refuses (replace directives in their go.mod).
+tool_module_recipe() {  # DIR LDFLAGS NAME=BUILT TARGET
+  local dir=$1 ldflags=$2 pair=$3 target=$4 stage status=0
+  rm -rf "$dir" && mkdir -p "$dir" || return 1
+  (cd "$dir" && go mod init tools && go get -tool "$target") || return 1
+  stage=$(mktemp -d "$TOOLS/stage.XXXXXX")
+  (cd "$dir" && go build -trimpath -ldflags "$ldflags" -o "$stage/" tool) || status=$?
+  if ((status == 0)); then install_from "$stage" "$pair" || status=$?; fi
+  rm -rf "$stage"
+  return "$status"
 }
 
 # ---------------------------------------------------------------------------------------------
 # 2. The OpenTelemetry Collector, built by its official builder from our manifest
 # ---------------------------------------------------------------------------------------------
-build_collector() {
-  local builder=$GO_BIN_DIR/builder t0 key status=0
+build_collector_builder() {
+  local builder=$GO_BIN_DIR/builder t0
   t0=$(now_ms)
-  if first_line "$builder" version | grep -qF "v$COLLECTOR_VERSION"; then
+  if "$builder" version 2>&1 | grep -qF "v$COLLECTOR_VERSION"; then  # it prints on stderr
     add_row builder "$COLLECTOR_VERSION" "go install (cached)" "$builder" "$(secs_since "$t0")"
-  else
-    note "building the collector builder v$COLLECTOR_VERSION (go install)"
-    GOBIN=$GO_BIN_DIR go install "go.opentelemetry.io/collector/cmd/builder@v$COLLECTOR_VERSION" \
-      >"$STATE/builder.log" 2>&1 || { cat "$STATE/builder.log" >&2; die "go install of the collector builder failed"; }
-    add_row builder "$COLLECTOR_VERSION" "go install" "$builder" "$(secs_since "$t0")"
-  fi
-  t0=$(now_ms)
-  local manifest_hash
-  manifest_hash=$(sha256sum "$MANIFEST" | cut -c1-16)
-  key="otelcol $COLLECTOR_VERSION manifest:$manifest_hash $GO_VERSION"
-  if is_cached otelcol "$key" otelcol_reports_version; then
-    add_row otelcol "$COLLECTOR_VERSION" "builder (cached)" "$BIN/otelcol" "$(secs_since "$t0")"
     return 0
   fi
-  note "building otelcol $COLLECTOR_VERSION with the builder (a few minutes on 2 cores)"
+  note "building the collector builder v$COLLECTOR_VERSION (go install)"
+  GOBIN=$GO_BIN_DIR go install -trimpath "go.opentelemetry.io/collector/cmd/builder@v$COLLECTOR_VERSION" \
+    >"$STATE/builder.log" 2>&1 || { cat "$STATE/builder.log" >&2; die "go install of the collector builder failed"; }
+  add_row builder "$COLLECTOR_VERSION" "go install" "$builder" "$(secs_since "$t0")"
+}
+otelcol_build() {
   local work=$TOOLS/build
   mkdir -p "$work"
   rm -rf "$work/otelcol-build"
   # output_path in the manifest is relative: run the builder from $work.
-  (cd "$work" && "$builder" --config "$MANIFEST" --skip-strict-versioning=false) \
-    >"$STATE/otelcol.log" 2>&1 || status=$?
-  if ((status != 0)); then
-    tail -n 30 "$STATE/otelcol.log" >&2
-    die "the collector build failed (full log: $STATE/otelcol.log)"
-  fi
-  install -m 0755 "$work/otelcol-build/otelcol" "$BIN/otelcol.new" && mv -f "$BIN/otelcol.new" "$BIN/otelcol"
-  otelcol_reports_version || die "$BIN/otelcol does not report version $COLLECTOR_VERSION"
-  echo "$key" >"$STATE/otelcol.key"
-  add_row otelcol "$COLLECTOR_VERSION" "builder" "$BIN/otelcol" "$(secs_since "$t0")"
+  (cd "$work" && "$GO_BIN_DIR/builder" --config "$MANIFEST" --skip-strict-versioning=false) || return 1
+  install_from "$work/otelcol-build" otelcol=otelcol
 }
-otelcol_reports_version() { [[ $(first_line "$BIN/otelcol" --version) == "otelcol version $COLLECTOR_VERSION" ]]; }
+
+build_collector_builder
+SOURCE="collector builder"
+cached_step otelcol "otelcol $COLLECTOR_VERSION manifest:$(sha256sum "$MANIFEST" | cut -c1-16) $GO_VERSION" \
+  otelcol_build otelcol
 
 # ---------------------------------------------------------------------------------------------
-# 3. go install: amtool, alertmanager, Jaeger v2, Prometheus 3 (attempt)
+# 3. go install: Prometheus + promtool, amtool, Alertmanager
 # ---------------------------------------------------------------------------------------------
-reports_version() {  # BINARY VERSION: the binary's --version line names VERSION
-  first_line "$1" --version | grep -qE "version v?${2//./\\.}([^0-9.]|$)"
+P_MOD=github.com/prometheus/prometheus
+P_VERSION=${VERSION[prometheus]} P_MODVER=${MODULE_VERSION[prometheus]}
+[[ ${VERSION[promtool]} == "$P_VERSION" && ${MODULE_VERSION[promtool]} == "$P_MODVER" ]] \
+  || die "$VERSIONS: native.promtool must equal native.prometheus (one module builds both)"
+prometheus_build() {
+  go_install_recipe "$(prom_ldflags "$P_VERSION" "$P_MODVER")" prometheus=prometheus promtool=promtool -- \
+    "$P_MOD/cmd/prometheus@$P_MODVER" "$P_MOD/cmd/promtool@$P_MODVER"
 }
+SOURCE="go install $P_MOD/cmd/{prometheus,promtool}@$P_MODVER"
+cached_step prometheus "$SOURCE | $(prom_ldflags "$P_VERSION" "$P_MODVER") | $GO_VERSION" prometheus_build prometheus promtool
 
-# build_prom_tool NAME STATE PACKAGE VERSION: go install PACKAGE@vVERSION as $BIN/NAME. A failure
-# is cached under STATE (one per version, so a failed newer attempt stays cached after an older
-# version builds).
-build_prom_tool() {
-  local name=$1 state=$2 package=$3 version=$4 t0 key
-  t0=$(now_ms)
-  key="$package@v$version $GO_VERSION"
-  if is_cached "$name" "$key" reports_version "$BIN/$name" "$version"; then
-    add_row "$name" "$version" "go install (cached)" "$BIN/$name" "$(secs_since "$t0")"
-    return 0
-  fi
-  if failed_before "$state" "$key"; then
-    add_note "$name v$version: go install failed (cached; --retry-failed retries): $(failure_reason "$state")"
-    return 1
-  fi
-  note "go install $package@v$version"
-  if go_install "$name" "$package@v$version" "$(prom_ldflags "$version")" \
-      && reports_version "$BIN/$name" "$version"; then
-    echo "$key" >"$STATE/$name.key"
-    rm -f "$STATE/$state.failed"
-    add_row "$name" "$version" "go install" "$BIN/$name" "$(secs_since "$t0")"
-    return 0
-  fi
-  record_failure "$state" "$key" "$STATE/$name.log"
-  add_note "$name v$version: go install failed after $(secs_since "$t0"): $(failure_reason "$state")"
-  return 1
+AM_MOD=github.com/prometheus/alertmanager
+amtool_build() {
+  go_install_recipe "$(prom_ldflags "${VERSION[amtool]}" "${MODULE_VERSION[amtool]}")" amtool=amtool -- \
+    "$AM_MOD/cmd/amtool@${MODULE_VERSION[amtool]}"
 }
+SOURCE="go install $AM_MOD/cmd/amtool@${MODULE_VERSION[amtool]}"
+cached_step amtool "$SOURCE | $(prom_ldflags "${VERSION[amtool]}" "${MODULE_VERSION[amtool]}") | $GO_VERSION" \
+  amtool_build amtool
 
-build_amtool() {
-  build_prom_tool amtool amtool-"$ALERTMANAGER_VERSION" github.com/prometheus/alertmanager/cmd/amtool \
-    "$ALERTMANAGER_VERSION" && return 0
-  # Debian's amtool stays on PATH.
-  rm -f "$BIN/amtool"
-  add_row amtool "$(deb_version prometheus-alertmanager)" "debian" "$(command -v amtool || echo -)" "-"
+# 0.32+ embed a UI build (ui/app/dist) the Go module does not ship, so versions.yaml keeps the
+# process at the newest version that builds; amtool checks configs at the pinned version.
+alertmanager_build() {
+  go_install_recipe "$(prom_ldflags "${VERSION[alertmanager]}" "${MODULE_VERSION[alertmanager]}")" \
+    alertmanager=alertmanager -- "$AM_MOD/cmd/alertmanager@${MODULE_VERSION[alertmanager]}"
 }
+SOURCE="go install $AM_MOD/cmd/alertmanager@${MODULE_VERSION[alertmanager]}"
+cached_step alertmanager \
+  "$SOURCE | $(prom_ldflags "${VERSION[alertmanager]}" "${MODULE_VERSION[alertmanager]}") | $GO_VERSION" \
+  alertmanager_build alertmanager
 
-build_alertmanager() {
-  # The pinned version first (a failure is cached, so one quick attempt per version), then the
-  # newest that `go install` builds.
-  local version
-  for version in "$ALERTMANAGER_VERSION" "$ALERTMANAGER_GO_FALLBACK"; do
-    if build_prom_tool alertmanager alertmanager-"$version" github.com/prometheus/alertmanager/cmd/alertmanager \
-        "$version"; then
-      return 0
-    fi
-  done
-  # No Go build: give Debian's prometheus-alertmanager its upstream name.
-  local debian
-  debian=$(command -v prometheus-alertmanager) || die "prometheus-alertmanager is not installed"
-  ln -sfn "$debian" "$BIN/alertmanager"
-  rm -f "$STATE/alertmanager.key"
-  add_row alertmanager "$(deb_version prometheus-alertmanager)" "debian (symlink)" "$BIN/alertmanager -> $debian" "-"
-}
+# ---------------------------------------------------------------------------------------------
+# 4. go get -tool in a throwaway module: Jaeger v2, pint, Docker Compose v5
+# ---------------------------------------------------------------------------------------------
+J_TARGET=github.com/jaegertracing/jaeger/cmd/jaeger@${MODULE_VERSION[jaeger]}
+J_LDFLAGS="-s -w -X github.com/jaegertracing/jaeger/internal/version.latestVersion=v${VERSION[jaeger]}"
+jaeger_build() { tool_module_recipe "$SRC/jaeger-${VERSION[jaeger]}" "$J_LDFLAGS" jaeger=jaeger "$J_TARGET"; }
+SOURCE="go get -tool $J_TARGET"
+cached_step jaeger "$SOURCE | $J_LDFLAGS | $GO_VERSION" jaeger_build jaeger
 
-build_jaeger() {
-  local t0 commit key module=github.com/jaegertracing/jaeger
-  t0=$(now_ms)
-  # A Jaeger of another version must not stay on PATH when this one is not built.
-  if ! commit=$(jaeger_tag_commit "$JAEGER_VERSION"); then
-    rm -f "$BIN/jaeger" "$STATE/jaeger.key"
-    add_row jaeger "-" "not built" "-" "-"
-    add_note "jaeger v$JAEGER_VERSION: no tag commit recorded in $0 (jaeger_tag_commit)"
-    return 0
-  fi
-  key="$module/cmd/jaeger@$commit v$JAEGER_VERSION $GO_VERSION"
-  if is_cached jaeger "$key" jaeger_reports_version; then
-    add_row jaeger "$JAEGER_VERSION" "go install (cached)" "$BIN/jaeger" "$(secs_since "$t0")"
-    return 0
-  fi
-  if failed_before jaeger "$key"; then
-    rm -f "$BIN/jaeger" "$STATE/jaeger.key"
-    add_row jaeger "-" "not built" "-" "-"
-    add_note "jaeger v$JAEGER_VERSION: go install failed (cached; --retry-failed retries): $(failure_reason jaeger)"
-    return 0
-  fi
-  note "go install $module/cmd/jaeger@$commit (tag v$JAEGER_VERSION; a few minutes)"
-  local ldflags="-s -w -X $module/internal/version.latestVersion=v$JAEGER_VERSION -X $module/internal/version.commitSHA=$commit"
-  if go_install jaeger "$module/cmd/jaeger@$commit" "$ldflags" && jaeger_reports_version; then
-    echo "$key" >"$STATE/jaeger.key"
-    rm -f "$STATE/jaeger.failed"
-    add_row jaeger "$JAEGER_VERSION" "go install" "$BIN/jaeger" "$(secs_since "$t0")"
-    return 0
-  fi
-  record_failure jaeger "$key" "$STATE/jaeger.log"
-  rm -f "$BIN/jaeger" "$STATE/jaeger.key"
-  add_row jaeger "-" "not built" "-" "$(secs_since "$t0")"
-  add_note "jaeger v$JAEGER_VERSION: go install failed: $(failure_reason jaeger)"
-}
-jaeger_reports_version() { "$BIN/jaeger" version 2>/dev/null | grep -qF "\"gitVersion\":\"v$JAEGER_VERSION\""; }
+PINT_TARGET=github.com/cloudflare/pint/cmd/pint@${MODULE_VERSION[pint]}
+PINT_LDFLAGS="-s -w -X main.version=${VERSION[pint]}"
+pint_build() { tool_module_recipe "$SRC/pint-${VERSION[pint]}" "$PINT_LDFLAGS" pint=pint "$PINT_TARGET"; }
+SOURCE="go get -tool $PINT_TARGET"
+cached_step pint "$SOURCE | $PINT_LDFLAGS | $GO_VERSION" pint_build pint
 
-# Prometheus publishes 3.x as Go module versions v0.3MM.P (3.14.0 -> v0.314.0): `@v3.14.0` does
-# not exist in the module proxy. Its go.mod carries replace/exclude directives, which `go install
-# MODULE@VERSION` refuses; we try once per version (failure cached) and fall back to Debian's 2.x.
-try_prometheus3() {
-  local major minor patch gover key t0
-  t0=$(now_ms)
-  IFS=. read -r major minor patch <<<"$PROMETHEUS_VERSION"
-  gover=$(printf 'v0.%d%02d.%d' "$major" "$minor" "$patch")
-  key="github.com/prometheus/prometheus/cmd/prometheus@$gover $GO_VERSION"
-  if is_cached prometheus "$key" reports_version "$BIN/prometheus" "$PROMETHEUS_VERSION"; then
-    add_row prometheus "$PROMETHEUS_VERSION" "go install (cached)" "$BIN/prometheus" "$(secs_since "$t0")"
-    return 0
-  fi
-  if failed_before prometheus "$key"; then
-    add_note "prometheus $PROMETHEUS_VERSION: go install ...@$gover failed (cached): $(failure_reason prometheus)"
-  else
-    note "go install github.com/prometheus/prometheus/cmd/prometheus@$gover (Prometheus $PROMETHEUS_VERSION)"
-    if go_install prometheus "github.com/prometheus/prometheus/cmd/prometheus@$gover" \
-        "$(prom_ldflags "$PROMETHEUS_VERSION")" && reports_version "$BIN/prometheus" "$PROMETHEUS_VERSION"; then
-      echo "$key" >"$STATE/prometheus.key"
-      rm -f "$STATE/prometheus.failed"
-      add_row prometheus "$PROMETHEUS_VERSION" "go install" "$BIN/prometheus" "$(secs_since "$t0")"
-      return 0
-    fi
-    record_failure prometheus "$key" "$STATE/prometheus.log"
-    add_note "prometheus $PROMETHEUS_VERSION: go install ...@$gover failed after $(secs_since "$t0"): $(failure_reason prometheus)"
-  fi
-  rm -f "$BIN/prometheus" "$STATE/prometheus.key"
-  add_row prometheus "$(deb_version prometheus)" "debian" "$(command -v prometheus)" "-"
-}
-
-build_collector
-build_amtool
-build_alertmanager
-build_jaeger
-try_prometheus3
+# The Compose CLI plugin's main package is .../cmd, so `go build` names it `cmd`: installed under
+# the name of the standalone binary, docker-compose (`docker-compose config` needs no engine).
+C_TARGET=github.com/docker/compose/v5/cmd@${MODULE_VERSION[docker-compose]}
+C_LDFLAGS="-s -w -X github.com/docker/compose/v5/internal.Version=v${VERSION[docker-compose]}"
+compose_build() { tool_module_recipe "$SRC/compose-${VERSION[docker-compose]}" "$C_LDFLAGS" docker-compose=cmd "$C_TARGET"; }
+SOURCE="go get -tool $C_TARGET"
+cached_step docker-compose "$SOURCE | $C_LDFLAGS | $GO_VERSION" compose_build docker-compose
 
 # Debian tools, for the table.
-add_row promtool "$(deb_version prometheus)" "debian" "$(command -v promtool)" "-"
-add_row prometheus-alertmanager "$(deb_version prometheus-alertmanager)" "debian" "$(command -v prometheus-alertmanager)" "-"
-add_row redis-server "$(deb_version redis-server)" "debian" "$(command -v redis-server)" "-"
-add_row docker-compose "$(deb_version docker-compose)" "debian" "$(command -v docker-compose)" "-"
+add_row redis-server "$(deb_version redis-server)" "debian" "$(command -v redis-server || echo -)" "-"
 
 # ---------------------------------------------------------------------------------------------
 # Summary (stdout), also kept as $OBSGEN_TOOLS/installed.tsv for obsgen and people.
@@ -391,6 +389,11 @@ add_row docker-compose "$(deb_version docker-compose)" "debian" "$(command -v do
 echo
 column -t -s $'\t' "$TOOLS/installed.tsv" 2>/dev/null || cat "$TOOLS/installed.tsv"
 echo
-echo "Debian packages checked in $DEB_TIME; collector core v$COLLECTOR_VERSION / stable $COLLECTOR_STABLE_VERSION; Go $GO_VERSION"
+echo "Debian packages checked in $DEB_TIME; collector core v$COLLECTOR_VERSION / stable $COLLECTOR_STABLE_VERSION;" \
+     "$GO_VERSION; Go caches: $(go env GOMODCACHE) $(go env GOCACHE); whole run $(secs_since "$SCRIPT_START")"
 for line in "${NOTES[@]}"; do echo "note: $line"; done
-echo "Put $BIN first on PATH (tests do this themselves)."
+echo "Tools are in $BIN: obsgen and the tests look there (then in the default dir, then on PATH)."
+if ((${#MISSING[@]})); then
+  echo "install-tools: not built: ${MISSING[*]}" >&2
+  exit 1
+fi

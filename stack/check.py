@@ -14,8 +14,8 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
+import tempfile
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -23,6 +23,8 @@ from typing import Any, Callable, Iterable, Literal
 from urllib.parse import urlparse
 
 import yaml
+
+from stack.tools import find_executable, not_found_message
 
 Status = Literal["passed", "failed", "skipped"]
 
@@ -46,6 +48,13 @@ TOOL_NAMES: dict[str, tuple[str, ...]] = {
     "jaeger": ("jaeger",),
     "loki": ("loki",),
     "docker-compose": ("docker-compose",),
+    "pint": ("pint",),
+}
+# How each tool prints its version (default: --version).
+VERSION_ARGS: dict[str, tuple[str, ...]] = {
+    "jaeger": ("version",),
+    "pint": ("version",),
+    "docker-compose": ("version", "--short"),
 }
 TOOL_TIMEOUT = 120.0
 MAX_GRAFANA_UID = 40
@@ -66,30 +75,9 @@ class CheckResult:
 # ---------------------------------------------------------------------------------------
 
 
-def tool_dirs() -> list[Path]:
-    """Project-built tools, searched before PATH: $OBSGEN_TOOLS/bin, then <repo>/.tools/bin."""
-    dirs = []
-    if os.environ.get("OBSGEN_TOOLS"):
-        dirs.append(Path(os.environ["OBSGEN_TOOLS"]) / "bin")
-    dirs.append(Path(__file__).resolve().parent.parent / ".tools" / "bin")
-    return dirs
-
-
 def find_tool(tool: str) -> str | None:
+    """The tool's path in obsgen's lookup order (stack/tools.py), or None."""
     return find_executable(TOOL_NAMES.get(tool, (tool,)))
-
-
-def find_executable(names) -> str | None:
-    """The first of ``names`` found in the project's tool dirs, then on PATH."""
-    for name in names:
-        for directory in tool_dirs():
-            path = directory / name
-            if path.is_file() and os.access(path, os.X_OK):
-                return str(path)
-        found = shutil.which(name)
-        if found:
-            return found
-    return None
 
 
 def run_tool(argv: list[str], cwd: Path, timeout: float = TOOL_TIMEOUT) -> tuple[int, str]:
@@ -108,7 +96,8 @@ def run_tool(argv: list[str], cwd: Path, timeout: float = TOOL_TIMEOUT) -> tuple
 
 @lru_cache(maxsize=None)
 def tool_version(path: str) -> str | None:
-    code, output = run_tool([path, "--version"], cwd=Path.cwd(), timeout=30)
+    args = VERSION_ARGS.get(Path(path).name, ("--version",))
+    code, output = run_tool([path, *args], cwd=Path.cwd(), timeout=30)
     return parse_version(output) if code == 0 else None
 
 
@@ -134,20 +123,20 @@ def trim_output(output: str, limit: int = 1500) -> str:
 
 def _tool_check(
     bundle: Path, name: str, tool: str, files: list[str], argv: Callable[[str, list[str]], list[str]],
-    expected: str,
+    expected: str, clean: Callable[[str], str] = lambda output: output,
 ) -> CheckResult:
-    """Run ``tool`` on ``files`` (bundle-relative); exit code 0 passes."""
+    """Run ``tool`` on ``files`` (bundle-relative); exit code 0 passes. ``clean`` drops noise from the output."""
     subject = " ".join(files)
     if not files:
         return CheckResult(name, "skipped", detail=f"the bundle has no {expected}")
     path = find_tool(tool)
     if path is None:
-        return CheckResult(name, "skipped", subject, detail=f"{tool} not found on PATH or in {tool_dirs()[-1]}")
+        return CheckResult(name, "skipped", subject, detail=not_found_message(TOOL_NAMES.get(tool, (tool,))))
     code, output = run_tool(argv(path, files), cwd=bundle)
     ok = code == 0
     return CheckResult(
         name, "passed" if ok else "failed", subject, path, tool_version(path),
-        "" if ok else trim_output(output) or f"exit code {code}",
+        "" if ok else trim_output(clean(output)) or f"exit code {code}",
     )
 
 
@@ -242,6 +231,30 @@ def check_compose(bundle: Path) -> CheckResult:
     )
 
 
+# pint's configuration for `obsgen check`: no `prometheus` block, so pint queries no server and runs
+# only the checks that need none (it is also started with --offline); every warning counts.
+PINT_CONFIG = """\
+# Written by obsgen check for one `pint lint` run over a bundle's rule files.
+"""
+
+
+def check_pint(bundle: Path) -> CheckResult:
+    with tempfile.TemporaryDirectory(prefix="obsgen-pint-") as directory:
+        config = Path(directory) / "pint.hcl"
+        config.write_text(PINT_CONFIG, encoding="utf-8")
+        return _tool_check(
+            bundle, "pint lint", "pint", _glob(bundle, RULES_GLOB),
+            lambda tool, files: [tool, "--no-color", "--offline", f"--config={config}", "lint",
+                                 "--min-severity=warning", "--fail-on=warning", *files],
+            RULES_GLOB, clean=drop_pint_progress,
+        )
+
+
+def drop_pint_progress(output: str) -> str:
+    """pint's report without its progress log (level=INFO lines); the problems and the verdict stay."""
+    return "\n".join(line for line in output.splitlines() if not line.startswith("level=INFO"))
+
+
 TOOL_CHECKS: tuple[Callable[[Path], CheckResult | list[CheckResult]], ...] = (
     check_promtool_config,
     check_promtool_rules,
@@ -252,6 +265,7 @@ TOOL_CHECKS: tuple[Callable[[Path], CheckResult | list[CheckResult]], ...] = (
     check_jaeger,
     check_loki,
     check_compose,
+    check_pint,
 )
 
 

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import yaml
 
-from stack.check import find_executable
+from stack.tools import find_executable, not_found_message
 
 MANIFEST = "local/processes.yaml"
 STATE_FILE = ".obsgen-up.json"
@@ -134,7 +134,7 @@ def up(bundle: Path, only: set[str] | None = None, out=sys.stdout, timeout: floa
             continue
         binary = find_binary(entry["binary"])
         if binary is None:
-            reason = f"not installed ({' or '.join(entry['binary'])} not found)"
+            reason = f"not installed: {not_found_message(entry['binary'])}"
             if entry.get("required", False):
                 raise UpError(f"{name}: {reason}")
             report.skipped.append((name, reason))

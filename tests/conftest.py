@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import shutil
 import signal
 import socket
 import subprocess
@@ -12,49 +11,55 @@ from pathlib import Path
 
 import pytest
 
+from stack import tools
+
 REPO = Path(__file__).resolve().parent.parent
-# Tools built by scripts/install-tools.sh land here; put them first on PATH for every test.
-TOOLS_BIN = Path(os.environ.get("OBSGEN_TOOLS", REPO / ".tools")) / "bin"
-if TOOLS_BIN.is_dir():
-    os.environ["PATH"] = f"{TOOLS_BIN}{os.pathsep}{os.environ.get('PATH', '')}"
+# obsgen's tool lookup order (stack/tools.py: $OBSGEN_TOOLS/bin, the default install dir, PATH),
+# made the PATH of the tests and of every process they start, so a test, `obsgen check` and
+# `obsgen up` all run the same binary.
+os.environ["PATH"] = os.pathsep.join(
+    [*(str(d) for d in tools.tool_dirs()), os.environ.get("PATH", "")]
+)
+# Where scripts/install-tools.sh put its binaries ($OBSGEN_TOOLS/bin, else the default dir).
+TOOLS_BIN = tools.tool_dirs()[0]
+TOOLS_STATE = TOOLS_BIN.parent / "state"
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-TOOLS_STATE = TOOLS_BIN.parent / "state"
+BUILD_STEP = {"promtool": "prometheus"}
 
 
-def build_refusal(name: str) -> str | None:
+def build_failure(name: str) -> str | None:
     """Why scripts/install-tools.sh could not build ``name`` on this machine, if it tried and failed.
 
-    The script records a refusal it cannot overcome (a module proxy that does not serve the
-    version, a go.mod with replace directives) in .tools/state/<name>.failed; README and
-    docs/tools.md list these components as not runnable here.
+    The script records a failed build with its last log lines in $OBSGEN_TOOLS/state/<step>.failed
+    (one step builds both prometheus and promtool).
     """
-    failed = TOOLS_STATE / f"{name}.failed"
+    failed = TOOLS_STATE / f"{BUILD_STEP.get(name, name)}.failed"
     if not failed.is_file():
         return None
     lines = [line.strip() for line in failed.read_text(encoding="utf-8", errors="replace").splitlines() if line.strip()]
     return " ".join(lines[-2:])[-400:] if lines else "no reason recorded"
 
 
-def require_binary(name: str) -> str:
-    """Path of ``name`` on PATH; skip the test when absent, but fail under CI=true.
-
-    The one exception under CI: a tool the install script tried to build and recorded as refused
-    on this machine skips with that recorded reason, so the log says exactly why it did not run;
-    a tool that was simply never installed still fails.
-    """
-    path = shutil.which(name)
-    if path:
-        return path
-    refusal = build_refusal(name)
-    if refusal is not None:
-        pytest.skip(f"{name}: scripts/install-tools.sh tried and could not build it here: {refusal}")
-    message = f"{name} not found on PATH (install it with scripts/install-tools.sh)"
+def missing_tool(message: str) -> None:
+    """Skip the test for want of a tool; under CI=true that is a failure (CI installs every tool)."""
     if IN_CI:
         pytest.fail(f"CI=true: {message}")
     pytest.skip(message)
+
+
+def require_binary(name: str) -> str:
+    """Path of ``name`` in obsgen's tool lookup order; skip the test when absent, but fail under CI=true."""
+    path = tools.find_executable([name])
+    if path:
+        return path
+    message = tools.not_found_message([name])
+    failure = build_failure(name)
+    if failure is not None:
+        message += f" (scripts/install-tools.sh tried and failed: {failure})"
+    missing_tool(message)
 
 
 def free_port() -> int:

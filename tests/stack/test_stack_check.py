@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import http.server
 import json
+import subprocess
 import textwrap
+import threading
 from pathlib import Path
 
 import pytest
@@ -26,6 +29,8 @@ from stack.check import (
     runbook_target,
     secret_file_problems,
 )
+from stack.spec import pinned_versions
+from stack.tools import not_found_message
 from tests.conftest import require_binary
 
 # ---------------------------------------------------------------------------------------
@@ -39,7 +44,9 @@ from tests.conftest import require_binary
     ("otelcol version 0.159.0", "0.159.0"),
     ("docker-compose version 1.29.2, build unknown", "1.29.2"),
     ("loki, version 3.7.0 (branch: HEAD, revision: abc)", "3.7.0"),
-    ("jaeger v2.20.0", "2.20.0"),
+    ("promtool, version 3.16.0 (branch: v3.16.0, revision: v0.316.0)", "3.16.0"),
+    ('{"gitCommit":"","gitVersion":"v2.12.0","buildDate":""}', "2.12.0"),
+    ("5.6.0", "5.6.0"),
     ("no digits here", None),
 ])
 def test_parse_version(output, version):
@@ -318,23 +325,120 @@ def test_otelcol_validate(tmp_path):
     assert result.status == "failed"
 
 
+def test_checks_report_the_pinned_tool_versions(tmp_path):
+    # obsgen check runs what the compose file pins: Prometheus 3's promtool, amtool of the pinned Alertmanager.
+    for tool in ("promtool", "amtool"):
+        require_binary(tool)
+    bundle = write(tmp_path, {**PROMETHEUS_OK,
+                              "alertmanager/alertmanager.yml": "route: {receiver: a}\nreceivers: [{name: a}]\n"})
+    results = by_name(run_checks(bundle))
+    assert results["promtool check config"][0].version == pinned_versions()["prometheus"].version
+    assert results["amtool check-config"][0].version == pinned_versions()["alertmanager"].version
+
+
+JAEGER_OK = """\
+    extensions:
+      jaeger_storage: {backends: {traces: {memory: {max_traces: 1000}}}}
+      jaeger_query: {storage: {traces: traces}, http: {endpoint: "127.0.0.1:16686"}}
+    receivers: {otlp: {protocols: {grpc: {endpoint: "127.0.0.1:4317"}}}}
+    exporters: {jaeger_storage_exporter: {trace_storage: traces}}
+    service:
+      extensions: [jaeger_storage, jaeger_query]
+      pipelines: {traces: {receivers: [otlp], exporters: [jaeger_storage_exporter]}}
+    """
+
+
+def test_jaeger_validate(tmp_path):
+    require_binary("jaeger")
+    (result,) = by_name(run_checks(write(tmp_path / "ok", {"jaeger/config.yaml": JAEGER_OK})))["jaeger validate"]
+    assert result.status == "passed", result.detail
+    assert result.version == pinned_versions()["jaeger"].version
+    bad = JAEGER_OK.replace("memory:", "memroy:")
+    (result,) = by_name(run_checks(write(tmp_path / "bad", {"jaeger/config.yaml": bad})))["jaeger validate"]
+    assert result.status == "failed"
+    assert "memroy" in result.detail
+
+
+def test_pint_lint_passes_clean_rules_and_fails_on_a_warning(tmp_path):
+    require_binary("pint")
+    (result,) = by_name(run_checks(write(tmp_path / "ok", PROMETHEUS_OK)))["pint lint"]
+    assert result.status == "passed", result.detail
+    assert result.subject == "prometheus/rules/ws.yml"
+    # An alert without a condition always fires: a pint *warning*, which obsgen check counts as a failure.
+    always = dict(PROMETHEUS_OK)
+    always["prometheus/rules/ws.yml"] = always["prometheus/rules/ws.yml"].replace("expr: up == 0", "expr: sum(up)")
+    (result,) = by_name(run_checks(write(tmp_path / "bad", always)))["pint lint"]
+    assert result.status == "failed"
+    assert "alerts/comparison" in result.detail
+    assert "level=INFO" not in result.detail
+
+
+class RecordingServer:
+    """An HTTP server on 127.0.0.1 that answers 503 and records every path asked for."""
+
+    def __init__(self) -> None:
+        paths = self.paths = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):  # noqa: N802 - the stdlib's name
+                paths.append(self.path)
+                self.send_error(503)
+
+            do_POST = do_GET
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+
+    def __enter__(self):
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_pint_never_queries_a_prometheus(tmp_path):
+    # pint reads .pint.hcl from its working directory (the bundle root); one there naming a Prometheus
+    # would make it query that server. obsgen check gives pint its own config and --offline instead.
+    pint = require_binary("pint")
+    bundle = write(tmp_path, PROMETHEUS_OK)
+    with RecordingServer() as prometheus:
+        (bundle / ".pint.hcl").write_text(f'prometheus "live" {{\n  uri = "{prometheus.url}"\n}}\n')
+        # The trap works: pint run plainly in the bundle asks the server.
+        subprocess.run([pint, "--no-color", "lint", "prometheus/rules/ws.yml"], cwd=bundle, capture_output=True,
+                       timeout=120)
+        assert prometheus.paths, "pint did not read .pint.hcl: this test would prove nothing"
+        prometheus.paths.clear()
+        (result,) = by_name(run_checks(bundle))["pint lint"]
+        assert result.status == "passed", result.detail
+        assert prometheus.paths == []
+
+
 def test_absent_tools_are_listed_as_skipped_never_missing(tmp_path, monkeypatch):
     write(tmp_path, {**PROMETHEUS_OK, "docker-compose.yml": "services: {}\n", "loki/config.yaml": "{}\n",
                      "jaeger/config.yaml": "{}\n", "collector/config.yaml": "{}\n",
                      "alertmanager/alertmanager.yml": "route: {receiver: a}\nreceivers: [{name: a}]\n",
                      "alertmanager/route-tests.yaml": "- {labels: {a: b}, receivers: [a]}\n"})
     monkeypatch.setenv("PATH", str(tmp_path / "empty"))
-    monkeypatch.setattr(check, "tool_dirs", lambda: [tmp_path / "empty"])
+    monkeypatch.setenv("OBSGEN_TOOLS", str(tmp_path / "no-tools"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "no-cache"))
     results = run_checks(tmp_path)
     tool_checks = [r for r in results if r.name.split()[0] in
-                   ("promtool", "amtool", "otelcol", "jaeger", "loki", "docker-compose")]
+                   ("promtool", "amtool", "otelcol", "jaeger", "loki", "docker-compose", "pint")]
     assert [r.name for r in tool_checks] == [
         "promtool check config", "promtool check rules", "promtool test rules", "amtool check-config",
         "amtool config routes test", "otelcol validate", "jaeger validate", "loki -verify-config",
-        "docker-compose config",
+        "docker-compose config", "pint lint",
     ]
     for result in tool_checks:
-        assert result.status == "skipped" and "not found on PATH" in result.detail, result
+        assert result.status == "skipped", result
+        tool = result.name.split()[0]
+        assert result.detail == not_found_message(check.TOOL_NAMES[tool]), result
 
 
 def test_a_tool_that_cannot_run_is_a_failure_not_a_crash(tmp_path, monkeypatch):
@@ -342,7 +446,7 @@ def test_a_tool_that_cannot_run_is_a_failure_not_a_crash(tmp_path, monkeypatch):
     fake.parent.mkdir()
     fake.write_text("#!/bin/sh\necho 'broken tool' >&2\nexit 3\n")
     fake.chmod(0o755)
-    monkeypatch.setattr(check, "tool_dirs", lambda: [fake.parent])
+    monkeypatch.setenv("OBSGEN_TOOLS", str(tmp_path))
     write(tmp_path / "bundle", PROMETHEUS_OK)
     (result,) = by_name(run_checks(tmp_path / "bundle"))["promtool check config"]
     assert result.status == "failed"

@@ -1,28 +1,38 @@
-"""The tools scripts/install-tools.sh provides are on PATH and are the versions it promises.
+"""The tools scripts/install-tools.sh provides are installed and are the versions it promises.
 
-Built tools (otelcol, amtool, alertmanager, jaeger) must come from $OBSGEN_TOOLS/bin: a Debian
-binary of the same name further down PATH is an older major and would check configs with the
-wrong rules, so finding only that one is reported as "run scripts/install-tools.sh".
+Every binary of ``native:`` in stack/data/versions.yaml must be found first in obsgen's lookup
+order *in* $OBSGEN_TOOLS/bin (else the default install dir): a Debian binary of the same name
+further down PATH (promtool 2.42, amtool 0.25, docker-compose 1.29) is an older major that would
+check configs with other rules, so finding only that one is reported as "run the script".
 """
 
 from __future__ import annotations
 
-import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
 import pytest
 import yaml
 
+from stack import tools
 from stack.spec import pinned_versions
-from tests.conftest import IN_CI, REPO, TOOLS_BIN, build_refusal, require_binary
+from tests.conftest import REPO, TOOLS_BIN, missing_tool, require_binary
 
 MANIFEST = REPO / "collector" / "builder-config.yaml"
-# Newest Alertmanager `go install` can build: from v0.32 cmd/alertmanager embeds ui/app/dist,
-# which the Go module does not ship (the same constant lives in scripts/install-tools.sh).
-ALERTMANAGER_GO_FALLBACK = "0.31.0"
+NATIVE = tools.native_tools()
+# The Go module each binary is built from (`go version -m` shows the version compiled in).
+GO_MODULES = {
+    "prometheus": "github.com/prometheus/prometheus",
+    "promtool": "github.com/prometheus/prometheus",
+    "amtool": "github.com/prometheus/alertmanager",
+    "alertmanager": "github.com/prometheus/alertmanager",
+    "jaeger": "github.com/jaegertracing/jaeger",
+    "pint": "github.com/cloudflare/pint",
+    "docker-compose": "github.com/docker/compose/v5",
+}
+# How each binary prints its version (stack/check.py asks the same way).
+VERSION_ARGS = {"jaeger": ["version"], "pint": ["version"], "docker-compose": ["version", "--short"]}
 # The component names obsgen's rendered collector configs use, by kind.
 EXPECTED_COMPONENTS = {
     "receivers": ["otlp"],
@@ -43,25 +53,18 @@ def output(*argv: str) -> str:
     return done.stdout + done.stderr
 
 
-def reported_version(*argv: str) -> str:
-    match = re.search(r"version[ =]v?(\d+\.\d+\.\d+)", output(*argv))
-    assert match, f"{' '.join(argv)} printed no version"
-    return match.group(1)
-
-
 def as_tuple(version: str) -> tuple[int, ...]:
     return tuple(int(part) for part in re.findall(r"\d+", version)[:3])
 
 
 def require_built(name: str) -> Path:
-    """``name`` as installed by the script in $OBSGEN_TOOLS/bin (skip, or fail under CI)."""
+    """``name`` as installed by the script: found first in the lookup order, in TOOLS_BIN."""
     path = TOOLS_BIN / name
-    if path.exists() and shutil.which(name) == str(path):
+    found = tools.find_executable([name])
+    if found == str(path):
         return path
-    message = f"{name} not in {TOOLS_BIN} (first on PATH): run scripts/install-tools.sh"
-    if IN_CI:
-        pytest.fail(f"CI=true: {message}")
-    pytest.skip(message)
+    where = f"only {found}, which is not the script's build" if found else tools.not_found_message([name])
+    missing_tool(f"{name} not in {TOOLS_BIN} ({where}): run scripts/install-tools.sh")
 
 
 def go_module_version(binary: Path, module: str) -> str:
@@ -76,14 +79,69 @@ def go_module_version(binary: Path, module: str) -> str:
     raise AssertionError(f"{binary} was not built from {module}")
 
 
+# ---------------------------------------------------------------------------------------
+# versions.yaml: the native builds agree with the image pins (data only, no tool needed)
+# ---------------------------------------------------------------------------------------
+
+
+def test_native_builds_run_the_pinned_image_versions_except_where_versions_yaml_says():
+    assert set(NATIVE) == {"otelcol", "prometheus", "promtool", "jaeger", "amtool", "alertmanager", "pint",
+                           "docker-compose"}
+    pins = pinned_versions()
+    # The tests run exactly what compose runs for these ...
+    for name, component in [("otelcol", "collector"), ("prometheus", "prometheus"), ("promtool", "prometheus"),
+                            ("jaeger", "jaeger"), ("amtool", "alertmanager")]:
+        assert NATIVE[name].pin == component
+        assert NATIVE[name].version == pins[component].version
+        assert pins[component].image.endswith(f":{pins[component].version}") or \
+            pins[component].image.endswith(f":v{pins[component].version}")
+    # ... and the Alertmanager process is the one documented exception (0.32+ do not build).
+    assert NATIVE["alertmanager"].pin is None
+    assert as_tuple(NATIVE["alertmanager"].version) < (0, 32, 0) <= as_tuple(pins["alertmanager"].version)
+
+
+def test_prometheus_3_module_version_follows_its_numbering():
+    major, minor, patch = as_tuple(NATIVE["prometheus"].version)
+    assert major == 3
+    assert NATIVE["prometheus"].module_version == f"v0.{major * 100 + minor}.{patch}"
+    assert NATIVE["promtool"] == tools.NativeTool("promtool", NATIVE["prometheus"].version, "prometheus",
+                                                  NATIVE["prometheus"].module_version)
+
+
+# ---------------------------------------------------------------------------------------
+# Every installed binary reports its pinned version and was built from that module version
+# ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", sorted(NATIVE))
+def test_installed_binary_reports_its_pinned_version(name):
+    binary = require_built(name)
+    text = output(str(binary), *VERSION_ARGS.get(name, ["--version"]))
+    versions = re.findall(r"(?<![\d.])v?(\d+\.\d+\.\d+)(?![\d.])", text)
+    assert versions, f"{name} printed no version: {text!r}"
+    assert versions[0] == NATIVE[name].version, text
+
+
+@pytest.mark.parametrize("name", sorted(GO_MODULES))
+def test_installed_binary_is_built_from_the_pinned_module_version(name):
+    binary = require_built(name)
+    expected = NATIVE[name].module_version or f"v{NATIVE[name].version}"
+    assert go_module_version(binary, GO_MODULES[name]) == expected
+
+
+def test_jaeger_version_reports_the_v2_release():
+    jaeger = require_built("jaeger")
+    assert re.search(rf'"gitVersion":\s*"v{re.escape(pin("jaeger"))}"', output(str(jaeger), "version"))
+
+
 def test_otelcol_reports_the_pinned_collector_version():
-    require_built("otelcol")
-    assert output("otelcol", "--version").strip() == f"otelcol version {pin('collector')}"
+    otelcol = require_built("otelcol")
+    assert output(str(otelcol), "--version").strip() == f"otelcol version {pin('collector')}"
 
 
 def test_otelcol_has_exactly_the_manifest_components():
-    require_built("otelcol")
-    listed = yaml.safe_load(output("otelcol", "components"))
+    otelcol = require_built("otelcol")
+    listed = yaml.safe_load(output(str(otelcol), "components"))
     manifest = yaml.safe_load(MANIFEST.read_text(encoding="utf-8"))
 
     names = {kind: sorted(c["name"] for c in listed.get(kind) or []) for kind in EXPECTED_COMPONENTS}
@@ -97,7 +155,7 @@ def test_otelcol_has_exactly_the_manifest_components():
 
 
 def test_otelcol_validate_accepts_a_config_with_every_component_and_refuses_a_wrong_one(tmp_path):
-    require_built("otelcol")
+    otelcol = str(require_built("otelcol"))
     config = {
         "receivers": {"otlp": {"protocols": {"grpc": {"endpoint": "127.0.0.1:4317"}}}},
         "processors": {"memory_limiter": {"check_interval": "1s", "limit_mib": 256}, "batch": {}},
@@ -122,65 +180,28 @@ def test_otelcol_validate_accepts_a_config_with_every_component_and_refuses_a_wr
     }
     good = tmp_path / "good.yaml"
     good.write_text(yaml.safe_dump(config), encoding="utf-8")
-    ok = subprocess.run(["otelcol", "validate", f"--config={good}"], capture_output=True, text=True, timeout=30)
+    ok = subprocess.run([otelcol, "validate", f"--config={good}"], capture_output=True, text=True, timeout=30)
     assert ok.returncode == 0, ok.stderr
 
     config["exporters"]["loki"] = {"endpoint": "http://127.0.0.1:3100"}  # gone from contrib in v0.131
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(config), encoding="utf-8")
-    refused = subprocess.run(["otelcol", "validate", f"--config={bad}"], capture_output=True, text=True, timeout=30)
+    refused = subprocess.run([otelcol, "validate", f"--config={bad}"], capture_output=True, text=True, timeout=30)
     assert refused.returncode != 0
     assert "loki" in refused.stderr
 
 
-def test_amtool_is_the_pinned_alertmanager_version_built_from_its_module():
-    amtool = require_built("amtool")
-    version = pin("alertmanager")
-    assert reported_version("amtool", "--version") == version
-    assert go_module_version(amtool, "github.com/prometheus/alertmanager") == f"v{version}"
-
-
-def test_alertmanager_is_the_newest_that_builds_or_debians_under_the_upstream_name():
-    alertmanager = require_built("alertmanager")
-    version = reported_version("alertmanager", "--version")
-    if alertmanager.is_symlink():
-        # No Go build here: the script names Debian's prometheus-alertmanager `alertmanager`.
-        debian = shutil.which("prometheus-alertmanager")
-        assert debian and alertmanager.resolve() == Path(debian).resolve()
-        assert version == reported_version(debian, "--version")
-    else:
-        assert version in (pin("alertmanager"), ALERTMANAGER_GO_FALLBACK)
-        assert go_module_version(alertmanager, "github.com/prometheus/alertmanager") == f"v{version}"
-
-
-def test_prometheus_is_the_pinned_3x_or_debians_2x_and_promtool_matches_it():
-    require_binary("prometheus")
-    require_binary("promtool")
-    version = reported_version("prometheus", "--version")
-    # Prometheus 3 does not `go install` (replace/exclude in its go.mod): Debian's 2.42+ stands in.
-    assert version == pin("prometheus") or (as_tuple(version)[0] == 2 and as_tuple(version) >= (2, 42, 0))
-    assert reported_version("promtool", "--version") == version
+def test_docker_compose_v5_checks_a_file_without_an_engine(tmp_path):
+    compose = str(require_built("docker-compose"))
+    (tmp_path / "compose.yaml").write_text("services:\n  a:\n    image: busybox:1\n", encoding="utf-8")
+    done = subprocess.run([compose, "-f", str(tmp_path / "compose.yaml"), "config", "--services"],
+                          capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["a"]
 
 
 def test_redis_server_has_the_pinned_major_version():
-    require_binary("redis-server")
-    match = re.search(r"v=(\d+\.\d+\.\d+)", output("redis-server", "--version"))
+    redis = require_binary("redis-server")
+    match = re.search(r"v=(\d+\.\d+\.\d+)", output(redis, "--version"))
     assert match
     assert as_tuple(match.group(1))[0] == as_tuple(pin("redis"))[0]
-
-
-def test_docker_compose_is_at_least_debians_1_29():
-    require_binary("docker-compose")
-    version = output("docker-compose", "version", "--short").strip()
-    assert re.fullmatch(r"v?\d+\.\d+\.\d+", version), version
-    assert as_tuple(version) >= (1, 29, 0)
-
-
-def test_jaeger_reports_the_pinned_v2_version():
-    if not (TOOLS_BIN / "jaeger").exists() and build_refusal("jaeger"):
-        # Jaeger is optional: the script tried, and says why it could not build it here.
-        pytest.skip(f"scripts/install-tools.sh could not build jaeger here: {build_refusal('jaeger')}")
-    jaeger = require_built("jaeger")
-    info = json.loads(subprocess.run([str(jaeger), "version"], capture_output=True, text=True,
-                                     timeout=30, check=True).stdout)
-    assert info["gitVersion"] == f"v{pin('jaeger')}"
