@@ -36,7 +36,6 @@ import psutil
 
 BENCH = Path(__file__).resolve().parent
 REPO = BENCH.parent
-TOOLS_BIN = Path(os.environ.get("OBSGEN_TOOLS", REPO / ".tools")) / "bin"
 # This checkout's packages first (not whichever checkout `pip install -e` last pointed at), then bench/.
 sys.path[:0] = [str(REPO), str(BENCH)]
 
@@ -50,10 +49,10 @@ def log(message: str) -> None:
 
 
 def which(name: str) -> str | None:
-    candidate = TOOLS_BIN / name
-    if candidate.is_file() and os.access(candidate, os.X_OK):
-        return str(candidate)
-    return shutil.which(name)
+    """obsgen's own tool lookup ($OBSGEN_TOOLS/bin, the install script's cache, then PATH)."""
+    from stack.tools import find_executable
+
+    return find_executable([name])
 
 
 def free_port() -> int:
@@ -204,7 +203,9 @@ def start_otelcol(work: Workdir) -> tuple[Process, str]:
     """A collector that takes OTLP/HTTP spans and logs and drops them after the batch processor."""
     binary = which("otelcol")
     if binary is None:
-        raise RuntimeError("otelcol not found in .tools/bin or on PATH (build it with scripts/install-tools.sh)")
+        from stack.tools import not_found_message
+
+        raise RuntimeError(not_found_message(["otelcol"]))
     import yaml
 
     port = free_port()

@@ -124,7 +124,7 @@ def test_a_broken_pipeline_table_is_refused(table, message):
 
 
 # ---------------------------------------------------------------------------------------
-# The real collector (built by scripts/install-tools.sh into .tools/bin/otelcol)
+# The real collector (built by scripts/install-tools.sh; found as stack/tools.py says)
 # ---------------------------------------------------------------------------------------
 
 
