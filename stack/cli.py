@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     render.add_argument("spec", nargs="?", metavar="SPEC", help="spec file ('-' for stdin); default: the embedded demo spec")
     render.add_argument("--out", "-o", required=True, metavar="DIR", help="bundle directory (replaced as a whole)")
-    render.add_argument("--target", choices=("compose", "local"), help="override the spec's target")
+    render.add_argument("--target", choices=("compose", "local", "kubernetes"), help="override the spec's target")
     render.add_argument("--check", action="store_true", help="write nothing; exit 1 listing every file that differs")
     render.set_defaults(func=cmd_render)
 

@@ -11,7 +11,7 @@ from types import MappingProxyType
 from typing import Mapping
 
 from stack.errors import RenderError
-from stack.renderers import RENDERERS
+from stack.renderers import RENDERERS, RENDERERS_BY_TARGET
 from stack.spec import Spec
 from stack.topology import Topology
 
@@ -20,14 +20,16 @@ Bundle = Mapping[str, bytes]
 
 
 def render_bundle(spec: Spec, renderers: tuple[str, ...] | None = None) -> Bundle:
-    """Run every renderer (``stack.renderers.RENDERERS`` unless given) and join their files.
+    """Run every renderer (the target's, ``stack.renderers.RENDERERS`` unless given) and join their files.
 
     Two renderers writing one path is a bug in obsgen, not in the spec: ``RenderError``.
     """
     topology = Topology(spec)
     files: dict[str, bytes] = {}
     owner: dict[str, str] = {}
-    for name in RENDERERS if renderers is None else renderers:
+    if renderers is None:
+        renderers = RENDERERS_BY_TARGET.get(spec.target, RENDERERS)
+    for name in renderers:
         module = importlib.import_module(f"stack.renderers.{name}")
         for path, text in module.render(spec, topology).items():
             _check_path(name, path)

@@ -882,6 +882,54 @@ class Dashboards(Model):
 
 
 # ---------------------------------------------------------------------------------------
+# Kubernetes (target kubernetes): packaging only; the components' settings stay where they are
+# ---------------------------------------------------------------------------------------
+
+K8sName = Annotated[str, StringConstraints(pattern=r"^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$")]
+K8sLabelKey = Annotated[str, StringConstraints(pattern=r"^([a-z0-9.-]{1,253}/)?[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")]
+K8sLabelValue = Annotated[str, StringConstraints(pattern=r"^(([A-Za-z0-9][-A-Za-z0-9_.]{0,61})?[A-Za-z0-9])?$")]
+
+
+class KubernetesSettings(Model):
+    """Where the bundle goes and which labels the charts' selectors look for.
+
+    Defaults match kube-prometheus-stack installed as release ``kube-prometheus-stack`` (its
+    Prometheus selects PrometheusRule and ServiceMonitor objects labelled release=<release>;
+    its Grafana sidecar loads ConfigMaps labelled grafana_dashboard=1 / grafana_datasource=1).
+    """
+
+    namespace: K8sName | None = Field(None, description="Namespace of every object; default: the project name.")
+    selector_labels: dict[K8sLabelKey, K8sLabelValue] = Field(
+        default_factory=lambda: {"release": "kube-prometheus-stack"},
+        description="Labels on PrometheusRule, ServiceMonitor and AlertmanagerConfig objects, as the Operator's "
+        "ruleSelector / serviceMonitorSelector / alertmanagerConfigSelector expect.",
+    )
+    dashboard_labels: dict[K8sLabelKey, K8sLabelValue] = Field(
+        default_factory=lambda: {"grafana_dashboard": "1"}, description="Labels the Grafana dashboard sidecar watches.")
+    datasource_labels: dict[K8sLabelKey, K8sLabelValue] = Field(
+        default_factory=lambda: {"grafana_datasource": "1"}, description="Labels the Grafana datasource sidecar watches.")
+    hosts: dict[str, str] = Field(
+        default_factory=dict,
+        description="In-cluster host names of components installed by charts, e.g. {loki: loki.logging.svc}; "
+        "defaults in stack/topology.py (KUBERNETES_HOSTS).",
+    )
+    redis_url: str | None = Field(
+        None, pattern=r"^rediss?://\S+$",
+        description="An existing Redis for the server's broker; without it a one-replica Redis StatefulSet is rendered.",
+    )
+
+    @field_validator("hosts")
+    @classmethod
+    def _chart_components(cls, value: dict[str, str]) -> dict[str, str]:
+        from stack.topology import KUBERNETES_HOSTS  # the host table is topology data
+
+        unknown = sorted(set(value) - set(KUBERNETES_HOSTS))
+        if unknown:
+            raise ValueError(f"unknown component(s) {', '.join(unknown)}; known: {', '.join(sorted(KUBERNETES_HOSTS))}")
+        return value
+
+
+# ---------------------------------------------------------------------------------------
 # The whole spec
 # ---------------------------------------------------------------------------------------
 
@@ -889,7 +937,7 @@ class Dashboards(Model):
 class Spec(Model):
     version: Literal[1] = Field(description="Spec format version; this obsgen reads version 1.")
     project: Name
-    target: Literal["compose", "local"] = "compose"
+    target: Literal["compose", "local", "kubernetes"] = "compose"
     services: list[Service] = Field(min_length=1)
     components: Components = Components()
     publish: Publish = Publish()
@@ -897,6 +945,7 @@ class Spec(Model):
     slos: list[SLO] = []
     notifications: Notifications = Notifications()
     dashboards: Dashboards = Dashboards()
+    kubernetes: KubernetesSettings = KubernetesSettings()
 
     @model_validator(mode="after")
     def _known_ports(self) -> "Spec":

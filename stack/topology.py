@@ -53,6 +53,20 @@ ALERT_SINK_HOST = COMPOSE_NAMES["alert_sink"]
 # (extra_hosts: host-gateway, Docker Engine 20.10+) wherever a scrape target names it.
 DOCKER_HOST_NAME = "host.docker.internal"
 
+# Kubernetes target: in-cluster Service names, in the bundle's namespace. The collector and Redis
+# are obsgen's own Services; the others are the upstream charts' Services for the release names
+# docs/kubernetes.md installs them under (spec: kubernetes.hosts overrides any of them).
+KUBERNETES_HOSTS: dict[str, str] = {
+    "collector": "collector",
+    "redis": "redis",
+    "prometheus": "kube-prometheus-stack-prometheus",
+    "alertmanager": "kube-prometheus-stack-alertmanager",
+    "grafana": "kube-prometheus-stack-grafana",
+    "loki": "loki",
+    "jaeger": "jaeger",
+    "alert_sink": "alert-sink",
+}
+
 # Ports published on the host in the compose target (what a person opens or a client reaches).
 PUBLISHED: dict[str, tuple[str, ...]] = {
     "collector": ("otlp_grpc", "otlp_http"),
@@ -107,8 +121,14 @@ class Topology:
         """The compose network's name: fixed, so another compose project can join it (external: true)."""
         return f"{self.spec.project}-obsgen"
 
+    @property
+    def kubernetes(self) -> bool:
+        return self.spec.target == "kubernetes"
+
     def host(self, component: str) -> str:
         """How other components reach ``component``."""
+        if self.kubernetes:
+            return self.spec.kubernetes.hosts.get(component) or KUBERNETES_HOSTS[component]
         return "127.0.0.1" if self.local else COMPOSE_NAMES.get(component, component)
 
     def port(self, component: str, name: str) -> int:
@@ -207,6 +227,8 @@ def port_conflicts(spec: Spec) -> list[tuple[tuple, str]]:
     the ports published on the host (``publish.bind``) must differ.
     """
     topology = Topology(spec)
+    if topology.kubernetes:
+        return []  # every pod has its own address and nothing is published on a host
     owners: dict[int, list[tuple[str, tuple]]] = {}
 
     def claim(port: int, owner: str, path: tuple) -> None:
