@@ -5,6 +5,7 @@
 #   go install        prometheus + promtool, amtool, alertmanager
 #   go get -tool      jaeger, pint, docker-compose (Compose v5), each in a throwaway module
 #                     (their go.mod has replace directives, which `go install` refuses)
+#   go build          k8s-check, this repository's checker of Prometheus Operator objects (tools/k8s-check)
 # Versions come from stack/data/versions.yaml (`native:`), stamped into the binaries with -ldflags -X.
 #
 # Everything lives outside the checkout, so every clone, CI run and second checkout reuses it:
@@ -91,7 +92,7 @@ if problems:
     sys.exit(f"{sys.argv[1]}:\n  " + "\n  ".join(problems))
 PY
 )
-for tool in otelcol prometheus promtool jaeger amtool alertmanager pint docker-compose; do
+for tool in otelcol prometheus promtool jaeger amtool alertmanager pint docker-compose k8s-check; do
   [[ -n ${VERSION[$tool]:-} ]] || die "$VERSIONS has no native.$tool"
 done
 COLLECTOR_VERSION=${VERSION[otelcol]}
@@ -189,6 +190,7 @@ reports_version() {
 declare -A VERSION_ARGS=(
   [otelcol]=--version [prometheus]=--version [promtool]=--version [amtool]=--version
   [alertmanager]=--version [jaeger]=version [pint]=version [docker-compose]="version --short"
+  [k8s-check]=--version
 )
 binary_ok() {  # NAME: $BIN/NAME reports VERSION[NAME]
   # shellcheck disable=SC2086  # VERSION_ARGS holds words
@@ -375,6 +377,28 @@ C_LDFLAGS="-s -w -X github.com/docker/compose/v5/internal.Version=v${VERSION[doc
 compose_build() { tool_module_recipe "$SRC/compose-${VERSION[docker-compose]}" "$C_LDFLAGS" docker-compose=cmd "$C_TARGET"; }
 SOURCE="go get -tool $C_TARGET"
 cached_step docker-compose "$SOURCE | $C_LDFLAGS | $GO_VERSION" compose_build docker-compose
+
+# ---------------------------------------------------------------------------------------------
+# 5. This repository's Go checker: tools/k8s-check (Prometheus Operator API types, strict decoding)
+# ---------------------------------------------------------------------------------------------
+# Built from its own go.mod and go.sum (the module proxy through Go, as above); the cache key is
+# the Operator API version plus a hash of the checker's source, so an edit rebuilds it.
+KC_DIR=$REPO/tools/k8s-check
+KC_MOD=github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring
+grep -qE "^\s*$KC_MOD v${VERSION[k8s-check]//./\\.}\s*$" "$KC_DIR/go.mod" \
+  || die "$KC_DIR/go.mod does not require $KC_MOD v${VERSION[k8s-check]} (versions.yaml native.k8s-check)"
+KC_LDFLAGS="-s -w -X main.version=${VERSION[k8s-check]}"
+k8s_check_build() {
+  local stage status=0
+  stage=$(mktemp -d "$TOOLS/stage.XXXXXX")
+  (cd "$KC_DIR" && go build -mod=readonly -trimpath -ldflags "$KC_LDFLAGS" -o "$stage/k8s-check" .) || status=$?
+  if ((status == 0)); then install_from "$stage" k8s-check=k8s-check || status=$?; fi
+  rm -rf "$stage"
+  return "$status"
+}
+SOURCE="go build tools/k8s-check ($KC_MOD v${VERSION[k8s-check]})"
+KC_HASH=$(cd "$KC_DIR" && cat go.mod go.sum ./*.go | sha256sum | cut -c1-16)
+cached_step k8s-check "$SOURCE | source:$KC_HASH | $KC_LDFLAGS | $GO_VERSION" k8s_check_build k8s-check
 
 # Debian tools, for the table.
 add_row redis-server "$(deb_version redis-server)" "debian" "$(command -v redis-server || echo -)" "-"

@@ -30,6 +30,7 @@ GO_MODULES = {
     "jaeger": "github.com/jaegertracing/jaeger",
     "pint": "github.com/cloudflare/pint",
     "docker-compose": "github.com/docker/compose/v5",
+    "k8s-check": "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring",
 }
 # How each binary prints its version (stack/check.py asks the same way).
 VERSION_ARGS = {"jaeger": ["version"], "pint": ["version"], "docker-compose": ["version", "--short"]}
@@ -86,7 +87,7 @@ def go_module_version(binary: Path, module: str) -> str:
 
 def test_native_builds_run_the_pinned_image_versions_except_where_versions_yaml_says():
     assert set(NATIVE) == {"otelcol", "prometheus", "promtool", "jaeger", "amtool", "alertmanager", "pint",
-                           "docker-compose"}
+                           "docker-compose", "k8s-check"}
     pins = pinned_versions()
     # The tests run exactly what compose runs for these ...
     for name, component in [("otelcol", "collector"), ("prometheus", "prometheus"), ("promtool", "prometheus"),
