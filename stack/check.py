@@ -534,6 +534,10 @@ OWN_CHECKS: tuple[Callable[[Path], CheckResult], ...] = (
 
 def run_checks(bundle: str | os.PathLike) -> list[CheckResult]:
     root = Path(bundle).resolve()
+    from stack import check_kubernetes  # imports this module: loaded here, not at the top
+
+    if check_kubernetes.is_kubernetes_bundle(root):
+        return check_kubernetes.run_checks(root)
     results: list[CheckResult] = []
     for check in (*TOOL_CHECKS, *OWN_CHECKS):
         outcome = check(root)

@@ -1,0 +1,181 @@
+"""`obsgen check DIR` on a kubernetes bundle (a folder with kustomization.yaml).
+
+Same habit as ``stack.check``: one adapter per tool, pure functions for what no tool checks.
+
+- core objects (Deployment, Service, ConfigMap, ...) against Kubernetes' published OpenAPI
+  schemas for the pinned minor (``kubernetes:`` in stack/data/versions.yaml), strict (unknown
+  fields refused), with kubernetes-validate, which ships those schemas;
+- Prometheus Operator objects decoded strictly against the Operator's Go API types by
+  tools/k8s-check (built by scripts/install-tools.sh);
+- the rule groups inside each PrometheusRule and the collector config inside its ConfigMap,
+  extracted into a compose-shaped scratch folder, through the very adapters a compose bundle
+  gets: promtool check rules, promtool test rules (the bundle's prometheus-tests/), pint lint,
+  otelcol validate;
+- kustomization.yaml lists every object file, and the bundle holds no Secret (only references).
+"""
+
+from __future__ import annotations
+
+import shutil
+import tempfile
+from functools import lru_cache
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from stack import check as base
+
+KUSTOMIZATION = "kustomization.yaml"
+TESTS_DIR = "prometheus-tests"
+RULE_FILE_ANNOTATION = "obsgen.dev/rule-file"
+OPERATOR_GROUP = "monitoring.coreos.com/"
+COLLECTOR_CONFIG_MAP = "collector-config"
+
+base.TOOL_NAMES.setdefault("k8s-check", ("k8s-check",))
+
+
+def is_kubernetes_bundle(bundle: Path) -> bool:
+    return (bundle / KUSTOMIZATION).is_file()
+
+
+@lru_cache(maxsize=1)
+def kubernetes_version() -> str:
+    raw = yaml.safe_load(resources.files("stack").joinpath("data/versions.yaml").read_text(encoding="utf-8"))
+    return str(raw["kubernetes"]["version"])
+
+
+def load_objects(bundle: Path) -> dict[str, list[dict]]:
+    """bundle path -> the objects of every YAML file outside prometheus-tests/."""
+    found: dict[str, list[dict]] = {}
+    for path in sorted(bundle.rglob("*.yaml")):
+        relative = path.relative_to(bundle).as_posix()
+        if relative == KUSTOMIZATION or relative.startswith(TESTS_DIR + "/"):
+            continue
+        try:
+            documents = [d for d in yaml.safe_load_all(path.read_text(encoding="utf-8")) if d is not None]
+        except yaml.YAMLError as exc:
+            raise ValueError(f"{relative} is not valid YAML: {exc}") from None
+        found[relative] = documents
+    return found
+
+
+# ---------------------------------------------------------------------------------------
+# Pure checks
+# ---------------------------------------------------------------------------------------
+
+
+def kustomization_problems(kustomization: Any, object_files: set[str]) -> list[str]:
+    """Every object file listed once, every listed file present."""
+    listed = (kustomization or {}).get("resources") or [] if isinstance(kustomization, dict) else []
+    problems = [f"{KUSTOMIZATION} lists {path}, which the bundle does not have" for path in listed if path not in object_files]
+    problems += [f"{path} is not listed in {KUSTOMIZATION} resources" for path in sorted(object_files - set(listed))]
+    problems += [f"{path} is listed twice" for path in sorted({p for p in listed if listed.count(p) > 1})]
+    if not isinstance(kustomization, dict) or not kustomization.get("namespace"):
+        problems.append(f"{KUSTOMIZATION} sets no namespace")
+    return problems
+
+
+def secret_problems(objects: dict[str, list[dict]]) -> list[str]:
+    """The bundle references Secrets by name and key; it never carries one."""
+    return [f"{path}: a Secret object ({(obj.get('metadata') or {}).get('name')}): secrets are created by the operator "
+            "of the cluster, never rendered" for path, objs in objects.items() for obj in objs if obj.get("kind") == "Secret"]
+
+
+def schema_problems(objects: dict[str, list[dict]], version: str) -> tuple[int, list[str]]:
+    """(objects checked, problems): core objects against the Kubernetes OpenAPI schemas, strict."""
+    import kubernetes_validate
+
+    checked, problems = 0, []
+    for path, objs in objects.items():
+        for obj in objs:
+            if str(obj.get("apiVersion", "")).startswith(OPERATOR_GROUP):
+                continue  # custom resources: the Operator's types (k8s-check)
+            checked += 1
+            try:
+                kubernetes_validate.validate(obj, version, strict=True)
+            except kubernetes_validate.ValidationError as exc:
+                where = "/".join(str(p) for p in exc.path)
+                problems.append(f"{path}: {obj.get('kind')} {(obj.get('metadata') or {}).get('name')}: {where}: {exc.message}")
+            except kubernetes_validate.SchemaNotFoundError:
+                problems.append(f"{path}: no Kubernetes {version} schema for {obj.get('apiVersion')} {obj.get('kind')}")
+    return checked, problems
+
+
+def extract(objects: dict[str, list[dict]], bundle: Path, scratch: Path) -> list[str]:
+    """Write the PrometheusRule groups, their tests and the collector config in compose's layout
+    under ``scratch``; returns problems (a PrometheusRule without its file annotation)."""
+    problems = []
+    for path, objs in objects.items():
+        for obj in objs:
+            name = (obj.get("metadata") or {}).get("name")
+            if obj.get("kind") == "PrometheusRule":
+                file = ((obj.get("metadata") or {}).get("annotations") or {}).get(RULE_FILE_ANNOTATION)
+                if not file or "/" in file:
+                    problems.append(f"{path}: PrometheusRule {name} has no {RULE_FILE_ANNOTATION} annotation")
+                    continue
+                target = scratch / "prometheus" / "rules" / file
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text(yaml.safe_dump({"groups": (obj.get("spec") or {}).get("groups")}, sort_keys=False),
+                                  encoding="utf-8")
+            elif obj.get("kind") == "ConfigMap" and name == COLLECTOR_CONFIG_MAP:
+                target = scratch / base.COLLECTOR_CONFIG
+                target.parent.mkdir(parents=True, exist_ok=True)
+                target.write_text((obj.get("data") or {}).get("config.yaml", ""), encoding="utf-8")
+    tests = bundle / TESTS_DIR
+    if tests.is_dir():
+        shutil.copytree(tests, scratch / "prometheus" / "tests")
+    return problems
+
+
+# ---------------------------------------------------------------------------------------
+# Adapters
+# ---------------------------------------------------------------------------------------
+
+
+def check_schemas(objects: dict[str, list[dict]]) -> base.CheckResult:
+    name = f"kubernetes-validate (Kubernetes {kubernetes_version()} OpenAPI, strict)"
+    try:
+        import kubernetes_validate  # noqa: F401
+        from importlib.metadata import version
+    except ImportError:
+        return base.CheckResult(name, "skipped", detail="kubernetes-validate is not installed: pip install 'obsgen[test]'")
+    checked, problems = schema_problems(objects, kubernetes_version())
+    subject, tool, tool_version = f"{checked} core objects", "kubernetes-validate", version("kubernetes-validate")
+    if problems:
+        return base.CheckResult(name, "failed", subject, tool, tool_version, "\n".join(problems))
+    return base.CheckResult(name, "passed", subject, tool, tool_version)
+
+
+def check_operator_types(bundle: Path, files: list[str]) -> base.CheckResult:
+    result = base._tool_check(
+        bundle, "k8s-check (Prometheus Operator types, strict)", "k8s-check", files,
+        lambda tool, files: [tool, *files], "object files",
+    )
+    return base._with_subject(result, "every object file") if files else result
+
+
+def run_checks(bundle: Path) -> list[base.CheckResult]:
+    results: list[base.CheckResult] = []
+    try:
+        objects = load_objects(bundle)
+        kustomization = yaml.safe_load((bundle / KUSTOMIZATION).read_text(encoding="utf-8"))
+    except (ValueError, yaml.YAMLError) as exc:
+        return [base.CheckResult("kubernetes bundle", "failed", KUSTOMIZATION, detail=str(exc))]
+    results.append(base._own_result("kustomization lists every object file",
+                                    kustomization_problems(kustomization, set(objects)), KUSTOMIZATION))
+    results.append(base._own_result("no Secret values in the bundle", secret_problems(objects), "every object"))
+    results.append(check_schemas(objects))
+    results.append(check_operator_types(bundle, sorted(objects)))
+    with tempfile.TemporaryDirectory(prefix="obsgen-k8s-") as directory:
+        scratch = Path(directory)
+        problems = extract(objects, bundle, scratch)
+        results.append(base._own_result("PrometheusRule objects name their rule file", problems, "prometheus-rules/"))
+        extracted = [base.check_promtool_rules(scratch), base.check_promtool_tests(scratch),
+                     base.check_pint(scratch), base.check_otelcol(scratch)]
+    where = {"promtool check rules": "groups of each PrometheusRule", "promtool test rules": f"{TESTS_DIR}/*.yml",
+             "pint lint": "groups of each PrometheusRule", "otelcol validate": f"ConfigMap {COLLECTOR_CONFIG_MAP}"}
+    for result in extracted:
+        results.append(base._with_subject(result, where.get(result.name, result.subject)))
+    return results
