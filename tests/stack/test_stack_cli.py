@@ -243,7 +243,7 @@ def test_check_exit_code_follows_the_results(tmp_path):
 def test_usage_errors_exit_2(tmp_path):
     assert run()[0] == 2
     assert run("render")[0] == 2  # --out is required
-    code, _, stderr = run("render", "--out", str(tmp_path), "--target", "kubernetes")
+    code, _, stderr = run("render", "--out", str(tmp_path), "--target", "nomad")
     assert code == 2
     assert "invalid choice" in stderr
 

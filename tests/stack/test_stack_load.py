@@ -180,7 +180,7 @@ def test_every_field_error_is_reported_at_once():
     issues = issues_of("""\
         version: 1
         project: Demo
-        target: kubernetes
+        target: nomad
         services:
           - name: ws
             metrics: {port: 0}
