@@ -18,12 +18,14 @@ def collector(spec: Spec, topology: Topology) -> list[str]:
 
 
 def prometheus(spec: Spec, topology: Topology) -> list[str]:
+    # Prometheus 3 flags. Retention is not among them: 3.8 deprecated --storage.tsdb.retention.*
+    # for the config file's storage.tsdb.retention (prometheus.yml), which a reload applies.
     return [
         f"--config.file={topology.config_dir('prometheus')}/prometheus.yml",
         f"--storage.tsdb.path={topology.data_dir('prometheus')}",
-        f"--storage.tsdb.retention.time={spec.components.prometheus.retention}",
         f"--web.listen-address={topology.listen('prometheus', 'http')}",
-        "--web.enable-lifecycle",
+        "--web.enable-lifecycle",  # POST /-/reload
+        # Still a feature flag in 3.x: without it, scraped exemplars (trace ids) are dropped.
         "--enable-feature=exemplar-storage",
     ]
 

@@ -1,4 +1,4 @@
-"""Jaeger v2 config: a collector-style YAML for the jaeger binary (2.20).
+"""Jaeger v2 config: a collector-style YAML for the jaeger binary (v2; the end-to-end test runs it on 2.12).
 
 OTLP in on Jaeger's own named ports, batch, then the jaeger_storage_exporter into an in-memory
 store that the jaeger_query extension serves (UI and HTTP API on ``query``, gRPC API on
@@ -19,6 +19,7 @@ PATH = "jaeger/config.yaml"
 HEADER = "# Jaeger v2 config rendered by obsgen from the project spec; edit the spec, not this file.\n"
 STORE = "traces"  # the jaeger_storage backend both the exporter and the query extension name
 HEALTH_PATH = "/status"  # healthcheckv2's HTTP status path
+STORAGE_EXPORTER = "jaeger_storage_exporter"  # writes what the pipeline receives into STORE
 
 
 def config(spec: Spec, topology: Topology) -> dict:
@@ -27,6 +28,11 @@ def config(spec: Spec, topology: Topology) -> dict:
             "jaeger_storage": {"backends": {STORE: {"memory": {"max_traces": spec.components.jaeger.max_traces}}}},
             "jaeger_query": {
                 "storage": {"traces": STORE},
+                # Jaeger 2.12 traces its own query API by default, over OTLP to localhost:4317: in
+                # compose its own receiver (the searches clutter the service list), locally the
+                # collector's default port or nothing (a 10 s stall on shutdown). Later 2.x default
+                # to off; say it for every version.
+                "enable_tracing": False,
                 "http": {"endpoint": topology.listen("jaeger", "query")},
                 "grpc": {"endpoint": topology.listen("jaeger", "query_grpc")},
             },
@@ -41,11 +47,11 @@ def config(spec: Spec, topology: Topology) -> dict:
             }
         },
         "processors": {"batch": {}},
-        "exporters": {"jaeger_storage_exporter": {"trace_storage": STORE}},
+        "exporters": {STORAGE_EXPORTER: {"trace_storage": STORE}},
         "service": {
             "extensions": ["jaeger_storage", "jaeger_query", "healthcheckv2"],
             "pipelines": {
-                "traces": {"receivers": ["otlp"], "processors": ["batch"], "exporters": ["jaeger_storage_exporter"]}
+                "traces": {"receivers": ["otlp"], "processors": ["batch"], "exporters": [STORAGE_EXPORTER]}
             },
             "telemetry": {
                 "resource": {"service.name": "jaeger"},

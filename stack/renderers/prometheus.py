@@ -1,10 +1,12 @@
 """prometheus/prometheus.yml: global intervals, rule files, Alertmanager, and every scrape job.
 
-Pure: ``render(spec, topology)`` builds the config as a dict. One shape for Prometheus 2.42 (what
-runs natively here, and what ``promtool check config`` is) and 3.x (what compose pins): nothing
-only one of them knows (no ``scrape_protocols``, ``fallback_scrape_protocol``, OTLP receiver
-settings). OTLP metrics reach Prometheus through the collector's ``prometheus`` exporter, scraped
-like any target, so both versions and both targets take the same path.
+Pure: ``render(spec, topology)`` builds the config as a dict, for Prometheus 3 (3.11 or later):
+the TSDB retention is the config file's ``storage.tsdb.retention.time`` (3.8 deprecated the
+``--storage.tsdb.retention.*`` flags; before 3.11 the file's value was misread by a factor of a
+million), which Prometheus 2.x refuses. Every target sends a proper Content-Type, so no
+``fallback_scrape_protocol`` is needed; the default scrape protocols ask for OpenMetrics first,
+which is how the server's exemplars arrive. OTLP metrics reach Prometheus through the collector's
+``prometheus`` exporter, scraped like any target, so both targets take the same path.
 
 ``rule_files`` is relative to this file: compose mounts prometheus/ at /etc/prometheus, and
 ``obsgen up`` passes ``--config.file=prometheus/prometheus.yml`` from the bundle root, so
@@ -78,6 +80,7 @@ def config(spec: Spec, topology: Topology) -> dict:
             "evaluation_interval": settings.evaluation_interval,
             "external_labels": {"project": spec.project},
         },
+        "storage": {"tsdb": {"retention": {"time": settings.retention}}},
         "rule_files": [RULE_FILES],
         "alerting": {
             "alertmanagers": [

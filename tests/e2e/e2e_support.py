@@ -1,6 +1,6 @@
 """Helpers for the end-to-end test: the test spec, the webhook receiver, the stand-in collector
-for Jaeger's and Loki's OTLP endpoints, small Prometheus/Alertmanager clients, an alert watcher,
-the load generator runner, dashboard queries and diagnostics.
+for Loki's OTLP endpoint, small Prometheus/Alertmanager/Jaeger clients, an alert watcher, the
+load generator runner, dashboard queries and diagnostics.
 
 Everything here talks to real processes over HTTP on 127.0.0.1; nothing is mocked.
 """
@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import mmap
 import re
 import socket
 import subprocess
@@ -272,6 +273,19 @@ class Prometheus:
     def targets(self) -> list[dict]:
         return self._api("targets", state="active")["activeTargets"]
 
+    def buildinfo(self) -> dict:
+        return self._api("status/buildinfo")
+
+    def flags(self) -> dict[str, str]:
+        return self._api("status/flags")
+
+    def runtimeinfo(self) -> dict:
+        return self._api("status/runtimeinfo")
+
+    def exemplars(self, expr: str, start: float, end: float) -> list[dict]:
+        """``/api/v1/query_exemplars``: [{seriesLabels, exemplars: [{labels, value, timestamp}]}]."""
+        return self._api("query_exemplars", query=expr, start=f"{start:.3f}", end=f"{end:.3f}")
+
 
 class Alertmanager:
     def __init__(self, port: int) -> None:
@@ -279,6 +293,63 @@ class Alertmanager:
 
     def alerts(self) -> list[dict]:
         return http_json(f"{self.base}/api/v2/alerts?active=true&silenced=true&inhibited=true&unprocessed=true")
+
+
+class Jaeger:
+    """Jaeger's HTTP query API, the one its UI and Grafana's Jaeger datasource call (``/api/...``)."""
+
+    def __init__(self, port: int) -> None:
+        self.base = f"http://127.0.0.1:{port}"
+
+    def _get(self, path: str, **params: Any) -> Any:
+        url = f"{self.base}{path}"
+        if params:
+            url += "?" + urllib.parse.urlencode(params)
+        return http_json(url, timeout=30)
+
+    def services(self) -> list[str]:
+        return self._get("/api/services").get("data") or []
+
+    def trace(self, trace_id: str) -> dict | None:
+        """The trace with this id (its spans and processes), or None when Jaeger does not have it."""
+        try:
+            data = self._get(f"/api/traces/{trace_id}").get("data") or []
+        except urllib.error.HTTPError as exc:
+            if exc.code == 404:
+                return None
+            raise
+        return data[0] if data else None
+
+    def search(self, service: str, start: float, end: float, limit: int, operation: str | None = None) -> list[dict]:
+        """Traces of ``service`` between ``start`` and ``end`` (Unix seconds), as Grafana's Jaeger
+        datasource searches: ``/api/traces`` with start/end in microseconds and ``lookback=custom``."""
+        params: dict[str, Any] = {"service": service, "limit": limit}
+        if operation:
+            params["operation"] = operation
+        params.update(start=int(start * 1e6), end=int(end * 1e6), lookback="custom")
+        return self._get("/api/traces", **params).get("data") or []
+
+
+@dataclass
+class TraceSpan:
+    trace_id: int          # as an integer: Jaeger's JSON drops leading zeros of the hex id
+    span_id: int
+    parents: list[int]     # span ids of CHILD_OF references within the same trace
+    name: str
+    service: str
+
+
+def trace_spans(trace: dict) -> list[TraceSpan]:
+    """The spans of one trace from Jaeger's JSON, with their service names resolved."""
+    processes = trace.get("processes", {})
+    spans = []
+    for span in trace.get("spans", []):
+        trace_id = int(span["traceID"], 16)
+        parents = [int(ref["spanID"], 16) for ref in span.get("references", [])
+                   if ref.get("refType") == "CHILD_OF" and int(ref["traceID"], 16) == trace_id]
+        service = processes.get(span.get("processID", ""), {}).get("serviceName", "")
+        spans.append(TraceSpan(trace_id, int(span["spanID"], 16), parents, span["operationName"], service))
+    return spans
 
 
 def scrape(port: int, path: str = "/metrics") -> dict[str, float]:
@@ -414,42 +485,25 @@ class AlertWatcher:
 # ---------------------------------------------------------------------------------- stand-in collector
 
 
-def standin_config(jaeger_otlp_grpc: int | None, loki_http: int | None, metrics_port: int) -> dict:
-    """A second, real otelcol listening where Jaeger's OTLP gRPC and Loki's OTLP HTTP would be.
+def standin_config(loki_http: int, metrics_port: int) -> dict:
+    """A second, real otelcol listening where Loki's OTLP HTTP endpoint would be.
 
-    Jaeger v2 and Loki cannot be built here (docs/tools.md). The main collector's
-    ``otlp_grpc/jaeger`` exporter sends spans to Jaeger's otlp_grpc port and its
-    ``otlp_http/loki`` exporter posts logs to ``<loki>/otlp/v1/logs``; this collector receives
-    both on those exact addresses and prints every span and log record (debug exporter,
-    detailed) to its log, which the test reads. Its own metrics count what it accepted.
+    Loki cannot be built here (docs/tools.md). The main collector's ``otlp_http/loki`` exporter
+    posts logs to ``<loki>/otlp/v1/logs``; this collector receives them on that exact address and
+    prints every log record (debug exporter, detailed) to its log, which the test reads. Its own
+    metrics count what it accepted.
     """
-    receivers, pipelines = {}, {}
-    if jaeger_otlp_grpc is not None:
-        receivers["otlp/jaeger"] = {"protocols": {"grpc": {"endpoint": f"127.0.0.1:{jaeger_otlp_grpc}"}}}
-        pipelines["traces"] = {"receivers": ["otlp/jaeger"], "exporters": ["debug"]}
-    if loki_http is not None:
-        receivers["otlp/loki"] = {"protocols": {"http": {"endpoint": f"127.0.0.1:{loki_http}",
-                                                         "logs_url_path": "/otlp/v1/logs"}}}
-        pipelines["logs"] = {"receivers": ["otlp/loki"], "exporters": ["debug"]}
     return {
-        "receivers": receivers,
+        "receivers": {"otlp/loki": {"protocols": {"http": {"endpoint": f"127.0.0.1:{loki_http}",
+                                                           "logs_url_path": "/otlp/v1/logs"}}}},
         "exporters": {"debug": {"verbosity": "detailed"}},
         "service": {
-            "pipelines": pipelines,
+            "pipelines": {"logs": {"receivers": ["otlp/loki"], "exporters": ["debug"]}},
             "telemetry": {"metrics": {"readers": [
                 {"pull": {"exporter": {"prometheus": {"host": "127.0.0.1", "port": metrics_port}}}},
             ]}},
         },
     }
-
-
-@dataclass
-class DebugSpan:
-    trace_id: str
-    span_id: str
-    parent_id: str
-    name: str
-    service: str
 
 
 @dataclass
@@ -461,28 +515,20 @@ class DebugLog:
     service: str
 
 
-_RESOURCE = re.compile(r"(?:^|\t)Resource(?:Spans|Log) #\d+")
+_RESOURCE = re.compile(r"(?:^|\t)ResourceLog #\d+")
 _SERVICE = re.compile(r"^\s*-> service\.name: Str\((.*)\)$")
-_SPAN_FIELD = re.compile(r"^\s+(Trace ID|Parent ID|ID|Name)\s+: ?(.*)$")
 _LOG_FIELD = re.compile(r"^(Trace ID|Span ID|SeverityText|Body): ?(.*)$")
 
 
-def parse_debug_output(text: str) -> tuple[list[DebugSpan], list[DebugLog]]:
-    """Spans and log records printed by the debug exporter at ``verbosity: detailed``."""
-    spans: list[DebugSpan] = []
+def parse_debug_logs(text: str) -> list[DebugLog]:
+    """Log records printed by the debug exporter at ``verbosity: detailed``."""
     logs: list[DebugLog] = []
     service = ""
     in_resource = False
     current: dict | None = None
-    kind = ""
 
     def finish() -> None:
-        if current is None:
-            return
-        if kind == "span":
-            spans.append(DebugSpan(current.get("Trace ID", ""), current.get("ID", ""), current.get("Parent ID", ""),
-                                   current.get("Name", ""), service))
-        else:
+        if current is not None:
             logs.append(DebugLog(current.get("Trace ID", ""), current.get("Span ID", ""),
                                  current.get("SeverityText", ""), current.get("Body", ""), service))
 
@@ -491,7 +537,7 @@ def parse_debug_output(text: str) -> tuple[list[DebugSpan], list[DebugLog]]:
             finish()
             current, service, in_resource = None, "", True
             continue
-        if line.startswith(("ScopeSpans #", "ScopeLogs #")):
+        if line.startswith("ScopeLogs #"):
             finish()
             current, in_resource = None, False
             continue
@@ -500,24 +546,57 @@ def parse_debug_output(text: str) -> tuple[list[DebugSpan], list[DebugLog]]:
             if match:
                 service = match.group(1)
             continue
-        if re.match(r"^Span #\d+", line):
-            finish()
-            current, kind = {}, "span"
-            continue
         if re.match(r"^LogRecord #\d+", line):
             finish()
-            current, kind = {}, "log"
+            current = {}
             continue
         if current is None:
             continue
-        match = (_SPAN_FIELD if kind == "span" else _LOG_FIELD).match(line)
+        match = _LOG_FIELD.match(line)
         if match and match.group(1) not in current:  # the first occurrence: attributes come later
             current[match.group(1)] = match.group(2).strip()
     finish()
-    return spans, logs
+    return logs
 
 
 # ---------------------------------------------------------------------------------- load generator
+
+
+def go_module_version(binary: str | None, module: str) -> str:
+    """The version of Go module ``module`` that ``binary`` was built from, read from the build
+    information every Go binary embeds (what ``go version -m`` prints), or "" if absent.
+
+    A build without ``-ldflags -X`` reports an empty version of its own; this says which release
+    ran all the same (Prometheus 3.16.0 is module v0.316.0, Jaeger 2.12.0 ships in module v1.75.0).
+    """
+    if binary is None:
+        return ""
+    pattern = re.compile(rb"(?:mod|dep)\t" + re.escape(module.encode()) + rb"\t(v[^\t\n]+)")
+    with open(binary, "rb") as handle, mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ) as data:
+        match = pattern.search(data)
+        return match.group(1).decode() if match else ""
+
+
+def jaeger_version(binary: str | None) -> str:
+    """What ``jaeger version`` reports (its gitVersion), else the Go module it was built from."""
+    if binary is None:
+        return ""
+    result = subprocess.run([binary, "version"], capture_output=True, text=True, timeout=60)
+    try:
+        reported = str(json.loads(result.stdout.strip()).get("gitVersion", ""))
+    except ValueError:
+        reported = ""
+    module = go_module_version(binary, "github.com/jaegertracing/jaeger")
+    return reported or (f"module github.com/jaegertracing/jaeger {module} (unstamped build)" if module else "")
+
+
+def prometheus_version(reported: str, binary: str | None) -> str:
+    """Prometheus's /api/v1/status/buildinfo version, else the release its Go module stands for."""
+    if reported:
+        return reported
+    module = go_module_version(binary, "github.com/prometheus/prometheus")
+    match = re.fullmatch(r"v0\.3(\d\d)\.(\d+)", module)  # v0.3XX.Y is Prometheus 3.XX.Y
+    return f"3.{int(match.group(1))}.{match.group(2)} (module {module}, unstamped build)" if match else ""
 
 
 def loadgen_argv(url: str, secret: Path, *args: str) -> list[str]:
@@ -546,6 +625,7 @@ class PanelQuery:
     datasource_type: str
     expr: str  # PromQL as written (empty for non-PromQL targets)
     ref: str
+    target: dict  # the panel target as rendered (a Jaeger search's service and limit)
 
 
 def dashboard_queries(bundle: Path) -> tuple[list[PanelQuery], dict[str, dict]]:
@@ -573,7 +653,7 @@ def dashboard_queries(bundle: Path) -> tuple[list[PanelQuery], dict[str, dict]]:
                 for target in panel.get("targets", []):
                     kind = ds_type(target.get("datasource") or panel.get("datasource"))
                     queries.append(PanelQuery(title, panel["title"], kind, target.get("expr", ""),
-                                              target.get("refId", "")))
+                                              target.get("refId", ""), target))
 
         walk(dashboard.get("panels", []))
     return queries, variables

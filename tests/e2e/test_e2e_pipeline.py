@@ -2,19 +2,21 @@
 
 The embedded default spec is rendered for the ``local`` target through the real CLI (every port
 on a free 127.0.0.1 port, alert timings shortened through spec keys only) and started with
-``obsgen up --detach``: Redis, the OpenTelemetry Collector, Alertmanager, Prometheus and the
-instrumented server; ``obsgen down`` stops them when the module ends, pass or fail. The load
-generator then drives traffic and faults, and the tests check, against those real processes,
-that targets are scraped, rules evaluate, dashboard queries return data, alerts go pending ->
-firing -> notified -> resolved through the real Alertmanager to a webhook, an inhibited warning
-stays silent, and spans and logs leave the collector unharmed.
+``obsgen up --detach``: Redis, the OpenTelemetry Collector, Jaeger v2 (with the rendered
+jaeger/config.yaml), Alertmanager, Prometheus 3 and the instrumented server; ``obsgen down``
+stops them when the module ends, pass or fail. The load generator then drives traffic and
+faults, and the tests check, against those real processes, that targets are scraped, rules
+evaluate, dashboard queries return data (the PromQL ones on Prometheus, the trace search on
+Jaeger), alerts go pending -> firing -> notified -> resolved through the real Alertmanager to a
+webhook, an inhibited warning stays silent, spans reach Jaeger whole (a publish's trace, fetched
+by id, holds its deliveries), and Prometheus's exemplars carry trace ids that Jaeger resolves.
 
-STAND-INS: Jaeger v2 and Loki cannot be built on this machine (docs/tools.md). A second, real
-``otelcol`` started by this test listens on Jaeger's OTLP gRPC port and Loki's HTTP port (path
-``/otlp/v1/logs``) and prints what it receives (debug exporter); the span and log tests read
-that output and its own metrics. Their names say "standin". Grafana does not run here either:
-its dashboards' PromQL is run against the real Prometheus; Loki and Jaeger panels are listed
-below with the reason they are not checked.
+STAND-IN: Loki cannot be built on this machine (docs/tools.md). A second, real ``otelcol``
+started by this test listens on Loki's HTTP port (path ``/otlp/v1/logs``) and prints what it
+receives (debug exporter); the log test reads that output and its own metrics, and its name says
+"standin". Grafana does not run here either: its dashboards' PromQL is run against the real
+Prometheus and its Jaeger search against the real Jaeger; the Loki panels are listed below with
+the reason they are not checked.
 
 One module-scoped scenario drives everything once (about a minute) and records what it observed;
 each test then judges one aspect of the record, so a failure names what broke and prints the
@@ -38,14 +40,17 @@ import pytest
 import yaml
 
 from alerts.pack import load_pack
+from exporter.catalog import MESSAGE_DURATION_SECONDS
+from stack.renderers.jaeger import STORAGE_EXPORTER as JAEGER_STORE_EXPORTER
 from stack.renderers.rules import pack_value_expr
 from stack.spec import parse_duration
 from stack.up import STATE_FILE, down, find_binary, load_manifest
-from tests.conftest import require_binary
+from tests.conftest import IN_CI, require_binary
 from tests.e2e.e2e_support import (
     REPO,
     AlertWatcher,
     Alertmanager,
+    Jaeger,
     Prometheus,
     WebhookReceiver,
     dashboard_queries,
@@ -54,15 +59,18 @@ from tests.e2e.e2e_support import (
     grafana_to_promql,
     has_points,
     http_text,
+    jaeger_version,
     loadgen_argv,
-    parse_debug_output,
+    parse_debug_logs,
     port_open,
+    prometheus_version,
     render_bundle,
     run_loadgen,
     scrape,
     standin_config,
     sum_samples,
     tail,
+    trace_spans,
     wait_until,
 )
 
@@ -87,6 +95,7 @@ DILUTED = 0.7  # a resolved ratio is brought under this share of its warning lev
 NOTIFICATIONS = {"group_wait": "4s", "group_interval": "2s", "repeat_interval": "1h"}
 GROUP_WAIT_S = 4.0
 INTERVAL = "1s"  # Prometheus scrape and rule evaluation interval
+MESSAGE_DURATION = MESSAGE_DURATION_SECONDS.name  # the histogram whose buckets carry exemplars
 SERVER_EXPORT_INTERVAL_S = 5.0  # the OpenTelemetry SDK's default batch schedule delay, which the server keeps
 
 # Alerts of the built-in pack the load generator provokes, and how.
@@ -105,7 +114,7 @@ NOT_PROVOKED = {
                    "would, but its p99 over the 5m window then needs 100x as many fast messages to resolve",
     "broker_lag": "needs a slow broker backplane, not client load",
     "telemetry_dropped": "needs the OTLP backend down or slow; here it is up and the test asserts nothing is dropped",
-    "component_down": "stack self-monitoring: Loki, Jaeger and Grafana targets are down here, but its 5m `for` "
+    "component_down": "stack self-monitoring: the Loki and Grafana targets are down here, but its 5m `for` "
                       "outlasts the module (the targets test checks exactly those are down)",
     "collector_export_failures": "stack self-monitoring: needs a failing backend",
     "collector_refused": "stack self-monitoring: needs the memory limiter to push back",
@@ -117,10 +126,10 @@ NOT_PROVOKED = {
     "alertmanager_config_reload": "stack self-monitoring: needs a bad config reload",
 }
 
-# Backends that cannot be built here (docs/tools.md): a stand-in collector takes their OTLP ports
-# when `obsgen up` skips them. Were one installed, `obsgen up` would start it and the span/log
-# tests would say they need extending to query it.
-STANDIN_FOR = ("jaeger", "loki")
+# Backends that cannot be built here (docs/tools.md): a stand-in collector takes Loki's OTLP port
+# when `obsgen up` skips it. Were Loki installed, `obsgen up` would start it and the log test
+# would say it needs extending to query it.
+STANDIN_FOR = ("loki",)
 # Scrape jobs that are not named after the component that serves them.
 JOB_COMPONENT = {"collector_exporter": "collector"}
 
@@ -129,8 +138,6 @@ UNCHECKED_PANELS = {
     ("WebSocket overview", "Log volume by level"): "Loki datasource: Loki cannot be built here (a stand-in collector "
                                                    "receives the logs instead)",
     ("WebSocket overview", "Logs"): "Loki datasource: Loki cannot be built here",
-    ("WebSocket overview", "Recent traces"): "Jaeger datasource: Jaeger v2 cannot be built here (a stand-in "
-                                             "collector receives the spans instead)",
 }
 # Queries that return no series while nothing fails: the collector creates its send-failure
 # counters on the first failure. Their panels still show data through their other queries, and
@@ -152,6 +159,7 @@ class Stack:
     webhook: WebhookReceiver
     prometheus: Prometheus
     alertmanager: Alertmanager
+    jaeger: Jaeger
     started: list[str]
     skipped: dict[str, str]
     pids: dict[str, int]
@@ -160,6 +168,7 @@ class Stack:
     standin_metrics_port: int
     up_seconds: float
     up_output: str
+    versions: dict[str, str]
     t0: float = field(default_factory=time.time)
 
     def port(self, component: str, name: str) -> int:
@@ -190,10 +199,20 @@ class Stack:
 
 
 def _required_binaries() -> None:
-    for name in ("otelcol", "prometheus", "redis-server"):
+    for name in ("otelcol", "prometheus", "jaeger", "redis-server"):
         require_binary(name)
     if find_binary(["alertmanager", "prometheus-alertmanager"]) is None:
         require_binary("alertmanager")
+    # The bundle is a Prometheus 3 config (retention in prometheus.yml): 2.x refuses to start on it.
+    prometheus = find_binary(["prometheus"])
+    reported = subprocess.run([prometheus, "--version"], capture_output=True, text=True, timeout=60).stdout
+    match = re.search(r"version (\d+)\.", reported)
+    if match and int(match.group(1)) < 3:
+        message = (f"{prometheus} is Prometheus {reported.split()[2]}; the bundle needs Prometheus 3 "
+                   "(scripts/install-tools.sh builds it)")
+        if IN_CI:
+            pytest.fail(f"CI=true: {message}")
+        pytest.skip(message)
 
 
 def obsgen(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
@@ -202,19 +221,19 @@ def obsgen(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
                           timeout=timeout)
 
 
-def _start_standin(spec: dict, workdir: Path, bundle: Path, backends: list[str]) -> tuple[subprocess.Popen, int]:
-    """The second otelcol, on the OTLP ports of the backends that cannot run here."""
-    jaeger = spec["components"]["jaeger"]["ports"]["otlp_grpc"] if "jaeger" in backends else None
-    loki = spec["components"]["loki"]["ports"]["http"] if "loki" in backends else None
+def _start_standin(spec: dict, workdir: Path, bundle: Path) -> tuple[subprocess.Popen, int]:
+    """The second otelcol, on Loki's OTLP HTTP port (Loki cannot run here)."""
+    loki = spec["components"]["loki"]["ports"]["http"]
     metrics_port = free_ports(1)[0]
     config = workdir / "standin-collector.yaml"
-    config.write_text(yaml.safe_dump(standin_config(jaeger, loki, metrics_port), sort_keys=False), encoding="utf-8")
+    config.write_text(yaml.safe_dump(standin_config(loki, metrics_port), sort_keys=False), encoding="utf-8")
     log_path = bundle / "logs" / "standin-collector.log"
     with open(log_path, "wb") as log:
         proc = subprocess.Popen([require_binary("otelcol"), f"--config={config}"], stdout=log,
                                 stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
-    ports = [p for p in (jaeger, loki, metrics_port) if p is not None]
-    if not wait_until(lambda: proc.poll() is None and all(port_open(p) for p in ports), 30):
+    ports = [loki, metrics_port]
+    # Generous: a cold start on a loaded 2-core machine takes seconds.
+    if not wait_until(lambda: proc.poll() is None and all(port_open(p) for p in ports), 60):
         proc.terminate()
         raise AssertionError(f"the stand-in collector did not listen on {ports}:\n{tail(log_path)}")
     return proc, metrics_port
@@ -248,24 +267,29 @@ def stack(tmp_path_factory):
         standin_for = [name for name in STANDIN_FOR if find_binary(manifest[name]["binary"]) is None]
         standin_metrics_port = 0
         if standin_for:
-            standin, standin_metrics_port = _start_standin(spec, workdir, bundle, standin_for)
+            standin, standin_metrics_port = _start_standin(spec, workdir, bundle)
 
         started_at = time.monotonic()
-        result = obsgen("up", "--detach", "--timeout", "60", str(bundle))
+        # --timeout bounds each readiness wait; generous for a cold start on a loaded machine.
+        result = obsgen("up", "--detach", "--timeout", "90", str(bundle), timeout=600)
         up_seconds = time.monotonic() - started_at
         if result.returncode != 0:
             raise AssertionError(f"obsgen up failed ({result.returncode}):\n{result.stdout}\n{result.stderr}\n"
                                  + "\n".join(f"--- {p.name}\n{tail(p)}" for p in (bundle / "logs").glob("*.log")))
         state = json.loads((bundle / STATE_FILE).read_text(encoding="utf-8"))
         skipped = dict(re.findall(r"^\s*skipped\s+(\S+)\s+(.*)$", result.stdout, re.M))
+        prometheus = Prometheus(spec["components"]["prometheus"]["ports"]["http"])
         yield Stack(
-            workdir=workdir, bundle=bundle, spec=spec, webhook=webhook,
-            prometheus=Prometheus(spec["components"]["prometheus"]["ports"]["http"]),
+            workdir=workdir, bundle=bundle, spec=spec, webhook=webhook, prometheus=prometheus,
             alertmanager=Alertmanager(spec["components"]["alertmanager"]["ports"]["http"]),
+            jaeger=Jaeger(spec["components"]["jaeger"]["ports"]["query"]),
             started=[entry["name"] for entry in state], skipped=skipped,
             pids={entry["name"]: entry["pid"] for entry in state}, standin_for=standin_for,
             standin_log=bundle / "logs" / "standin-collector.log", standin_metrics_port=standin_metrics_port,
             up_seconds=up_seconds, up_output=result.stdout,
+            versions={"prometheus": prometheus_version(prometheus.buildinfo().get("version", ""),
+                                                       find_binary(manifest["prometheus"]["binary"])),
+                      "jaeger": jaeger_version(find_binary(manifest["jaeger"]["binary"]))},
         )
     finally:
         if bundle is not None and (bundle / STATE_FILE).exists():
@@ -336,9 +360,9 @@ def scenario(stack: Stack):
         """Hold while the critical fires: the warning must sit inhibited in Alertmanager, unsent."""
         alertname = pack[alert_key].alert
         check = record.pairs.setdefault(alert_key, PairCheck())
-        wait_until(lambda: stack.webhook.alerts(alertname, "critical", "firing"), 20)
+        wait_until(lambda: stack.webhook.alerts(alertname, "critical", "firing"), 45)
         held = wait_until(lambda: (since := watcher.since(key(alert_key, "warning"), "suppressed", "am")) is not None
-                          and time.time() - since >= GROUP_WAIT_S + 2, 25)
+                          and time.time() - since >= GROUP_WAIT_S + 2, 45)
         since = watcher.since(key(alert_key, "warning"), "suppressed", "am")
         check.warning_suppressed_for = time.time() - since if held and since else 0.0
         check.both_firing = firing(alert_key, "warning") and firing(alert_key, "critical")
@@ -373,7 +397,7 @@ def scenario(stack: Stack):
             ours = [t for t in targets if JOB_COMPONENT.get(t["labels"]["job"], t["labels"]["job"]) in stack.started]
             # Targets are listed before their first scrape, as "unknown": wait for a verdict on each.
             return ours and all(t["health"] == "up" for t in ours) and all(t["health"] != "unknown" for t in targets)
-        if wait_until(all_started_up, 30, interval=0.5):
+        if wait_until(all_started_up, 60, interval=0.5):
             record.targets_all_up_after = time.time() - stack.t0
 
         # 1. Abnormal closes: the drop-rate pair fires; the warning is inhibited by the critical.
@@ -403,7 +427,7 @@ def scenario(stack: Stack):
                 ("connection_drop_rate", "critical", "resolved"), ("active_connections", "warning", "resolved"),
                 ("error_rate", "critical", "resolved"), ("rate_limited", "warning", "firing"))]
             return all(stack.webhook.alerts(*w) for w in wanted)
-        wait_until(notified, 25)
+        wait_until(notified, 60)
 
         # 5. A short broker stall: publishes fail inside their spans, so the server logs warnings
         # that carry the trace id (SIGSTOP/SIGCONT of the Redis `up` started, by its pid).
@@ -415,8 +439,8 @@ def scenario(stack: Stack):
             finally:
                 os.kill(redis_pid, signal.SIGCONT)
             record.redis_paused = (paused, time.time())
-            wait_until(lambda: any(r.trace_id for r in parse_debug_output(
-                stack.standin_log.read_text(errors="replace"))[1]), 20, interval=1)
+            wait_until(lambda: any(r.trace_id for r in parse_debug_logs(
+                stack.standin_log.read_text(errors="replace"))), 60, interval=1)
 
         # 6. Rate limiting resolves once the flood's refusals leave the 1m rate window.
         wait_until(lambda: stack.webhook.alerts(pack["rate_limited"].alert, "warning", "resolved"),
@@ -432,16 +456,17 @@ def scenario(stack: Stack):
         record.load_end = time.time()
         watcher.stop()
     # Let every span and log record still queued in the server (its batch processors export
-    # every 5 s) and in the collector arrive: counts equal end to end, and unchanged for longer
-    # than one server export interval.
-    collector_metrics = stack.port("collector", "metrics")
+    # every 5 s), in the collector and in Jaeger's batch processor arrive: counts equal end to end,
+    # and unchanged for longer than one server export interval.
+    collector_metrics, jaeger_metrics = stack.port("collector", "metrics"), stack.port("jaeger", "metrics")
     last: list = [None, time.monotonic()]
 
     def settled() -> bool:
-        main, standin = scrape(collector_metrics), scrape(stack.standin_metrics_port)
+        main, jaeger = scrape(collector_metrics), scrape(jaeger_metrics)
+        standin = scrape(stack.standin_metrics_port)
         counts = (sum_samples(main, "otelcol_receiver_accepted_spans"),
                   sum_samples(main, "otelcol_exporter_sent_spans", exporter="otlp_grpc/jaeger"),
-                  sum_samples(standin, "otelcol_receiver_accepted_spans"),
+                  sum_samples(jaeger, "otelcol_exporter_sent_spans", exporter=JAEGER_STORE_EXPORTER),
                   sum_samples(main, "otelcol_receiver_accepted_log_records"),
                   sum_samples(main, "otelcol_exporter_sent_log_records", exporter="otlp_http/loki"),
                   sum_samples(standin, "otelcol_receiver_accepted_log_records"))
@@ -449,7 +474,7 @@ def scenario(stack: Stack):
             last[:] = [counts, time.monotonic()]
         return counts[0] == counts[1] == counts[2] > 0 and counts[3] == counts[4] == counts[5] \
             and time.monotonic() - last[1] >= SERVER_EXPORT_INTERVAL_S + 1.5
-    wait_until(settled, 40, interval=0.5)
+    wait_until(settled, 90, interval=0.5)
     record.watcher = watcher
     yield record
     summary = timeline(stack, record)
@@ -460,7 +485,9 @@ def scenario(stack: Stack):
 def timeline(stack: Stack, record: Record) -> str:
     """The figures docs/e2e.md quotes: time to ready, and each alert's way to the webhook."""
     pack = load_pack().by_key()
-    lines = [f"up: {len(stack.started)} processes ready in {stack.up_seconds:.1f}s "
+    lines = [f"versions: Prometheus {stack.versions['prometheus'] or '(unknown)'}, "
+             f"Jaeger {stack.versions['jaeger'] or '(unknown)'}",
+             f"up: {len(stack.started)} processes ready in {stack.up_seconds:.1f}s "
              f"(started {', '.join(stack.started)}; not started {', '.join(sorted(stack.skipped))})",
              f"every started target up {record.targets_all_up_after or float('nan'):.1f}s after up returned",
              f"load generator bursts: {record.bursts}"]
@@ -488,6 +515,15 @@ def timeline(stack: Stack, record: Record) -> str:
         lines.append(f"{key[0]}/{key[1]}: fault at +{started - stack.t0:.1f}s; {steps}; "
                      f"peak value {peak if peak is None else f'{peak:.3g}'} (levels {levels})")
     lines.append(f"load ran for {record.load_end - stack.t0:.1f}s")
+    try:  # what the trace tests had to work with
+        stored = sum_samples(scrape(stack.port("jaeger", "metrics")), "otelcol_exporter_sent_spans",
+                             exporter=JAEGER_STORE_EXPORTER)
+        exemplars = [e["labels"].get("trace_id") for series in stack.prometheus.exemplars(
+            f"{MESSAGE_DURATION}_bucket", stack.t0, time.time()) for e in series["exemplars"]]
+        lines.append(f"Jaeger stored {stored:.0f} spans (services {stack.jaeger.services()}); Prometheus holds "
+                     f"{len(exemplars)} latency exemplars ({len(set(exemplars))} trace ids)")
+    except (OSError, ValueError, KeyError) as exc:
+        lines.append(f"trace figures unavailable: {exc!r}")
     if record.watcher:
         lines.append("alert states:\n" + record.watcher.summary(stack.t0))
     lines.append("notifications:\n" + stack.webhook.summary())
@@ -499,8 +535,8 @@ def timeline(stack: Stack, record: Record) -> str:
 
 def test_stack_starts_and_every_started_component_is_scraped(stack: Stack, scenario: Record):
     """Every Prometheus target of a started component is up; those of skipped ones are down."""
-    assert {"collector", "alertmanager", "prometheus", "redis", stack.service["name"]} <= set(stack.started), \
-        stack.diagnostics()
+    assert {"collector", "jaeger", "alertmanager", "prometheus", "redis", stack.service["name"]} \
+        <= set(stack.started), stack.diagnostics()
     manifest = {entry["name"]: entry for entry in load_manifest(stack.bundle)["processes"]}
     assert set(stack.started) | set(stack.skipped) == set(manifest), "a component neither started nor skipped"
     for name in stack.started:  # `obsgen up` says where each listens
@@ -512,8 +548,10 @@ def test_stack_starts_and_every_started_component_is_scraped(stack: Stack, scena
     components = {job: JOB_COMPONENT.get(job, job) for job in by_job}
     unknown = {job for job, c in components.items() if c not in stack.started and c not in stack.skipped}
     assert not unknown, f"scrape jobs of no known component: {unknown}"
-    # The collector's own telemetry and its prometheus exporter, Alertmanager, Prometheus, the server.
-    assert {"collector", "collector_exporter", "alertmanager", "prometheus", stack.service["name"]} <= set(by_job)
+    # The collector's own telemetry and its prometheus exporter, Jaeger's own telemetry,
+    # Alertmanager, Prometheus, the server.
+    assert {"collector", "collector_exporter", "jaeger", "alertmanager", "prometheus",
+            stack.service["name"]} <= set(by_job)
     not_up = {job: [(t["scrapeUrl"], t["lastError"]) for t in ts if t["health"] != "up"]
               for job, ts in by_job.items() if components[job] in stack.started}
     assert not any(not_up.values()), f"targets of started components not up: {not_up}\n{stack.diagnostics()}"
@@ -611,18 +649,29 @@ def _timestamp(rfc3339: str) -> float:
 
 def test_every_dashboard_query_returns_data(stack: Stack, scenario: Record):
     """Each PromQL target of each rendered panel returns data from the real Prometheus over the
-    scenario's time range, with Grafana's variables substituted as Grafana would."""
+    scenario's time range, with Grafana's variables substituted as Grafana would; each Jaeger
+    target returns traces from the real Jaeger, searched as Grafana's Jaeger datasource does."""
     queries, variables = dashboard_queries(stack.bundle)
     assert queries, "no dashboards rendered"
-    non_prometheus = {(q.dashboard, q.panel) for q in queries if q.datasource_type != "prometheus"}
-    assert non_prometheus == set(UNCHECKED_PANELS), "update UNCHECKED_PANELS: it must list exactly the panels "\
-        f"whose datasource does not run here: {sorted(non_prometheus)}"
+    unchecked = {(q.dashboard, q.panel) for q in queries if q.datasource_type not in ("prometheus", "jaeger")}
+    assert unchecked == set(UNCHECKED_PANELS), "update UNCHECKED_PANELS: it must list exactly the panels "\
+        f"whose datasource does not run here: {sorted(unchecked)}"
     start, end = stack.t0, time.time()
     scrape = int(parse_duration(INTERVAL))               # the datasource's timeInterval
     interval = max(scrape, int((end - start) / 1000))    # Grafana's $__interval for ~1000 points
     rate_interval = max(interval + scrape, 4 * scrape)   # Grafana's $__rate_interval
     empty, panels_with_data = [], set()
     for q in queries:
+        if q.datasource_type == "jaeger":
+            service = grafana_to_promql(q.target["service"], variables[q.dashboard], interval, rate_interval,
+                                        int(end - start))
+            traces = stack.jaeger.search(service, start, end, limit=q.target.get("limit") or 20)
+            if traces and all(any(s.service == service for s in trace_spans(t)) for t in traces):
+                panels_with_data.add((q.dashboard, q.panel))
+            else:
+                empty.append(f"{q.dashboard} / {q.panel} [{q.ref}]: Jaeger search service={service}: "
+                             f"{len(traces)} traces")
+            continue
         if q.datasource_type != "prometheus":
             continue
         expr = grafana_to_promql(q.expr, variables[q.dashboard], interval, rate_interval, int(end - start))
@@ -630,9 +679,106 @@ def test_every_dashboard_query_returns_data(stack: Stack, scenario: Record):
             panels_with_data.add((q.dashboard, q.panel))
         elif q.expr not in EMPTY_UNTIL_FAILURE:
             empty.append(f"{q.dashboard} / {q.panel} [{q.ref}]: {expr}")
-    no_data = {(q.dashboard, q.panel) for q in queries if q.datasource_type == "prometheus"} - panels_with_data
+    checked = {(q.dashboard, q.panel) for q in queries if q.datasource_type in ("prometheus", "jaeger")}
+    no_data = checked - panels_with_data
     assert not no_data, f"panels that would show 'No data': {sorted(no_data)}"
     assert not empty, "queries that return nothing:\n  " + "\n  ".join(empty)
+    assert any(q.datasource_type == "jaeger" for q in queries), "no Jaeger panel: the trace search went unchecked"
+
+
+def test_prometheus_3_runs_the_rendered_command_line_and_retention(stack: Stack, scenario: Record):
+    """The Prometheus `obsgen up` started is 3.x; every flag of the rendered command line is in
+    effect (as its /api/v1/status/flags reports), exemplar storage included; the retention set in
+    prometheus.yml (no longer a flag in 3.x) is the one in force."""
+    version = stack.versions["prometheus"]
+    assert version.startswith("3."), f"Prometheus {version or '(version unknown)'} ran, not 3.x"
+    # And by behaviour: selectors with a quoted (UTF-8) metric name parse in 3.x only.
+    assert stack.prometheus.query('{"up"}'), "the UTF-8 quoted selector {\"up\"} (Prometheus 3) returned nothing"
+    flags = stack.prometheus.flags()
+    entry = next(e for e in load_manifest(stack.bundle)["processes"] if e["name"] == "prometheus")
+    wrong = {}
+    for arg in entry["args"]:
+        name, _, value = arg[2:].partition("=")
+        expected = value if "=" in arg else "true"
+        if flags.get(name) != expected:
+            wrong[name] = (flags.get(name), expected)
+    assert not wrong, f"flags not in effect (reported, rendered): {wrong}"
+    assert "exemplar-storage" in flags.get("enable-feature", "").split(",")
+    config = yaml.safe_load((stack.bundle / "prometheus" / "prometheus.yml").read_text(encoding="utf-8"))
+    retention = config["storage"]["tsdb"]["retention"]["time"]
+    assert stack.prometheus.runtimeinfo().get("storageRetention") == retention
+
+
+def _fetch_trace(stack: Stack, trace_id: str) -> list:
+    trace = stack.jaeger.trace(trace_id)
+    return trace_spans(trace) if trace else []
+
+
+def test_spans_reach_jaeger_and_a_publish_trace_fetched_by_id_holds_its_deliveries(stack: Stack,
+                                                                                   scenario: Record):
+    """Spans go server -> collector -> Jaeger v2 (the rendered config): every span the collector
+    exported is accepted and stored; a publish's trace, fetched by its id, holds the ws.publish
+    span and its ws.deliver children; every delivery Jaeger holds continues its publish's trace."""
+    main, jaeger = scrape(stack.port("collector", "metrics")), scrape(stack.port("jaeger", "metrics"))
+    sent = sum_samples(main, "otelcol_exporter_sent_spans", exporter="otlp_grpc/jaeger")
+    accepted = sum_samples(jaeger, "otelcol_receiver_accepted_spans", receiver="otlp")
+    stored = sum_samples(jaeger, "otelcol_exporter_sent_spans", exporter=JAEGER_STORE_EXPORTER)
+    assert sent > 0 and accepted == sent == stored, \
+        f"collector sent {sent} spans, Jaeger accepted {accepted} and stored {stored}\n{stack.diagnostics('jaeger')}"
+    service = stack.service["name"]
+    # One publish's trace id, as a user gets it: from a latency exemplar in Prometheus.
+    publish_ids = {e["labels"]["trace_id"] for series in stack.prometheus.exemplars(
+        f'{MESSAGE_DURATION}_bucket{{type="publish"}}', stack.t0, time.time()) for e in series["exemplars"]}
+    assert publish_ids, "no publish exemplar in Prometheus to take a trace id from"
+    with_delivery = None
+    for trace_id in sorted(publish_ids):
+        spans = _fetch_trace(stack, trace_id)
+        publishes = {s.span_id for s in spans if s.name == "ws.publish" and s.service == service}
+        if any(s.name == "ws.deliver" and set(s.parents) & publishes for s in spans):
+            with_delivery = trace_id
+            break
+    assert with_delivery, f"none of {len(publish_ids)} publish traces fetched by id holds a ws.deliver child"
+    # Every delivery Jaeger stored, searched by operation: a child of a ws.publish in its trace.
+    traces = stack.jaeger.search(service, stack.t0, time.time(), limit=5000, operation="ws.deliver")
+    deliveries = orphans = 0
+    for trace in traces:
+        spans = trace_spans(trace)
+        publishes = {s.span_id for s in spans if s.name == "ws.publish"}
+        for span in (s for s in spans if s.name == "ws.deliver"):
+            deliveries += 1
+            orphans += not (set(span.parents) & publishes)
+    assert deliveries > 0 and orphans == 0, f"{orphans} of {deliveries} ws.deliver spans have no publish parent"
+
+
+def test_grafana_jaeger_datasource_search_finds_the_service(stack: Stack, scenario: Record):
+    """What Grafana's Jaeger datasource calls: the services list (also its connection test) names
+    the service, and a search of its traces over the run returns them with their spans."""
+    service = stack.service["name"]
+    services = stack.jaeger.services()
+    assert service in services, f"Jaeger's /api/services: {services}"
+    traces = stack.jaeger.search(service, stack.t0, time.time(), limit=20)
+    assert traces, f"no trace of {service} found by /api/traces"
+    names = {s.name for t in traces for s in trace_spans(t) if s.service == service}
+    assert names and all(name.startswith("ws.") for name in names), names
+
+
+def test_exemplars_in_prometheus_carry_trace_ids_that_jaeger_resolves(stack: Stack, scenario: Record):
+    """Prometheus 3 stores the server's exemplars (scraped as OpenMetrics, exemplar storage on):
+    each carries a trace_id that Jaeger resolves by id to a trace holding the span of that
+    message type, which is the link Grafana's exemplarTraceIdDestinations follows."""
+    series = stack.prometheus.exemplars(f"{MESSAGE_DURATION}_bucket", stack.t0, time.time())
+    exemplars = [(s["seriesLabels"].get("type", ""), e["labels"].get("trace_id", ""))
+                 for s in series for e in s["exemplars"]]
+    assert exemplars, "Prometheus holds no exemplar of the server's latency histogram"
+    malformed = [e for e in exemplars if not re.fullmatch(r"[0-9a-f]{32}", e[1])]
+    assert not malformed, f"exemplars without a W3C trace id: {malformed[:5]}"
+    unresolved = []
+    for message_type, trace_id in sorted(set(exemplars))[:300]:  # all of them in practice: a few dozen
+        spans = _fetch_trace(stack, trace_id)
+        if not any(s.name == f"ws.{message_type}" and s.trace_id == int(trace_id, 16) for s in spans):
+            unresolved.append((message_type, trace_id, sorted({s.name for s in spans})))
+    assert not unresolved, f"{len(unresolved)} of {len(set(exemplars))} exemplar trace ids not resolved by " \
+        f"Jaeger to a ws.<type> span: {unresolved[:5]}"
 
 
 def _require_standin(stack: Stack, backend: str) -> None:
@@ -641,66 +787,44 @@ def _require_standin(stack: Stack, backend: str) -> None:
                     "the stand-in collector's output")
 
 
-def _standin_output(stack: Stack):
-    return parse_debug_output(stack.standin_log.read_text(encoding="utf-8", errors="replace"))
-
-
-def test_spans_reach_the_trace_backend_standin_and_a_publish_shares_its_trace_with_deliveries(stack: Stack,
-                                                                                             scenario: Record):
-    """Spans go server -> collector -> the stand-in on Jaeger's OTLP port, every one the
-    collector exported arrives, and each fan-out span continues its publish's trace."""
-    _require_standin(stack, "jaeger")
-    main, standin = scrape(stack.port("collector", "metrics")), scrape(stack.standin_metrics_port)
-    sent = sum_samples(main, "otelcol_exporter_sent_spans", exporter="otlp_grpc/jaeger")
-    accepted = sum_samples(standin, "otelcol_receiver_accepted_spans", receiver="otlp/jaeger")
-    assert sent > 0 and accepted == sent, f"collector sent {sent} spans, the stand-in accepted {accepted}"
-    spans, _ = _standin_output(stack)
-    assert len(spans) == accepted, f"{len(spans)} spans in the debug output, {accepted} accepted"
-    server_spans = [s for s in spans if s.service == stack.service["name"]]
-    names = {s.name for s in server_spans}
-    assert {"ws.publish", "ws.deliver"} <= names, names
-    publishes = {s.span_id: s for s in server_spans if s.name == "ws.publish"}
-    deliveries = [s for s in server_spans if s.name == "ws.deliver"]
-    orphans = [d for d in deliveries if d.parent_id not in publishes]
-    paired = [d for d in deliveries if d.parent_id in publishes and publishes[d.parent_id].trace_id == d.trace_id]
-    assert paired, "no delivery span continues a publish span's trace"
-    assert not orphans and len(paired) == len(deliveries), (
-        f"{len(orphans)} of {len(deliveries)} delivery spans have no publish parent in the same trace; "
-        f"first: {orphans[:3]}")
-
-
-def test_log_records_reach_the_logs_backend_standin_with_trace_ids(stack: Stack, scenario: Record):
+def test_log_records_reach_the_logs_backend_standin_with_trace_ids_jaeger_resolves(stack: Stack,
+                                                                                  scenario: Record):
     """Logs go server -> collector -> the stand-in on Loki's /otlp/v1/logs; a warning logged while
-    handling a publish carries that publish span's trace id."""
+    handling a publish carries that publish's trace id, and Jaeger resolves it to that trace."""
     _require_standin(stack, "loki")
     main, standin = scrape(stack.port("collector", "metrics")), scrape(stack.standin_metrics_port)
     sent = sum_samples(main, "otelcol_exporter_sent_log_records", exporter="otlp_http/loki")
     accepted = sum_samples(standin, "otelcol_receiver_accepted_log_records", receiver="otlp/loki")
     assert sent > 0 and accepted == sent, f"collector sent {sent} log records, the stand-in accepted {accepted}"
-    spans, logs = _standin_output(stack)
+    logs = parse_debug_logs(stack.standin_log.read_text(encoding="utf-8", errors="replace"))
     server_logs = [r for r in logs if r.service == stack.service["name"]]
     assert server_logs, f"no log record from {stack.service['name']}: {logs[:3]}"
     assert scenario.redis_paused is not None, "Redis was not paused: no log record is written inside a span"
     traced = [r for r in server_logs if r.trace_id]
     assert traced, f"no log record carries a trace_id: {[r.body for r in server_logs][:5]}"
-    span_traces = {s.trace_id for s in spans if s.name == "ws.publish"}
-    linked = [r for r in traced if r.trace_id in span_traces]
-    assert linked, f"no traced log record belongs to a publish span's trace: {traced[:3]}"
+
+    def resolves(record) -> bool:
+        spans = _fetch_trace(stack, record.trace_id)
+        return any(s.name == "ws.publish" for s in spans) and any(s.span_id == int(record.span_id or "0", 16)
+                                                                  for s in spans)
+    linked = [r for r in traced[:50] if resolves(r)]
+    assert linked, f"no traced log record resolves in Jaeger to a publish's trace holding its span: {traced[:3]}"
 
 
-def test_collector_reports_nothing_refused_or_failed(stack: Stack, scenario: Record):
-    """The collector's own metrics, at the load applied: data accepted and exported on every
-    pipeline, nothing refused, failed or dropped; the server dropped no telemetry either."""
+def test_collector_and_jaeger_report_nothing_refused_or_failed(stack: Stack, scenario: Record):
+    """The collector's and Jaeger's own metrics, at the load applied: data accepted and exported
+    on every pipeline, nothing refused, failed or dropped; the server dropped no telemetry either."""
     main = scrape(stack.port("collector", "metrics"))
     assert sum_samples(main, "otelcol_receiver_accepted_spans") > 0
     assert sum_samples(main, "otelcol_receiver_accepted_log_records") > 0
     assert sum_samples(main, "otelcol_exporter_sent_spans", exporter="otlp_grpc/jaeger") > 0
     assert sum_samples(main, "otelcol_exporter_sent_log_records", exporter="otlp_http/loki") > 0
-    bad = {name: value for name, value in main.items()
-           if any(word in name.partition("{")[0] for word in ("refused", "failed", "dropped")) and value != 0}
-    assert not bad, f"the collector reports refused/failed/dropped data: {bad}"
-    refusal_counters = [n for n in main if "refused" in n.partition("{")[0]]
-    assert refusal_counters, "the collector exposes no refusal counters: the check above would be vacuous"
+    for process, samples in (("collector", main), ("jaeger", scrape(stack.port("jaeger", "metrics")))):
+        bad = {name: value for name, value in samples.items()
+               if any(word in name.partition("{")[0] for word in ("refused", "failed", "dropped")) and value != 0}
+        assert not bad, f"{process} reports refused/failed/dropped data: {bad}"
+        refusal_counters = [n for n in samples if "refused" in n.partition("{")[0]]
+        assert refusal_counters, f"{process} exposes no refusal counters: the check above would be vacuous"
     server = scrape(stack.service["port"])
     dropped = sum_samples(server, "websocket_telemetry_dropped")
     assert dropped == 0, f"the server dropped {dropped} telemetry records"

@@ -25,6 +25,9 @@ from tests.conftest import free_port, require_binary, wait_for_port
 from tests.hardening.hardening_support import ServerProcess, token
 
 CHANNELS = ("orders", "room-1", "ticks")
+# Waits for what should happen (a recovery, every message delivered) end as soon as it does; the
+# deadline only has to outlast a loaded machine (load average 10 on 2 cores has been seen).
+DEADLINE = 60.0
 
 
 # ---------------------------------------------------------------------------------------
@@ -111,7 +114,7 @@ async def until(predicate, timeout: float, interval: float = 0.05) -> bool:
 
 def http_get(port: int, path: str) -> tuple[int, str]:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as response:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=DEADLINE) as response:
             return response.status, response.read().decode()
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read().decode()
@@ -140,7 +143,7 @@ class PersistentRedis:
         self.proc = self.processes.start([self.binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
                                           "--appendonly", "yes", "--appendfsync", "always",
                                           "--dir", str(self.directory)])
-        wait_for_port(self.port, proc=self.proc)
+        wait_for_port(self.port, timeout=DEADLINE, proc=self.proc)
         return self
 
     def kill(self) -> None:
@@ -164,19 +167,19 @@ async def test_redis_killed_and_restarted_mid_stream_loses_no_acknowledged_messa
         for client in clients.values():
             for channel in CHANNELS:
                 await client.subscribe(channel)
-        publishing = asyncio.ensure_future(ledger.publish_all(publisher, 150, 0.01, time.monotonic() + 60))
-        assert await until(lambda: ledger.count >= 40, 20)
+        publishing = asyncio.ensure_future(ledger.publish_all(publisher, 150, 0.01, time.monotonic() + 2 * DEADLINE))
+        assert await until(lambda: ledger.count >= 40, DEADLINE)
 
         redis.kill()  # SIGKILL mid-stream
         down_at = time.monotonic()
-        assert await until(lambda: "degraded" in http_get(server_a.port, "/readyz")[1], 10)
+        assert await until(lambda: "degraded" in http_get(server_a.port, "/readyz")[1], DEADLINE)
         await asyncio.sleep(1.0)
         redis.start()  # same port, same append-only file
-        assert await until(lambda: "broker redis: ok" in http_get(server_a.port, "/readyz")[1], 15)
-        assert await until(lambda: "broker redis: ok" in http_get(server_b.port, "/readyz")[1], 15)
+        assert await until(lambda: "broker redis: ok" in http_get(server_a.port, "/readyz")[1], DEADLINE)
+        assert await until(lambda: "broker redis: ok" in http_get(server_b.port, "/readyz")[1], DEADLINE)
         recovered_in = time.monotonic() - down_at - 1.0
         await publishing
-        assert await until(lambda: ledger.missing() == 0, 15)
+        assert await until(lambda: ledger.missing() == 0, DEADLINE)
         await asyncio.sleep(0.5)  # anything extra or twice would show now
     finally:
         for client in (*clients.values(), publisher):
@@ -214,13 +217,13 @@ async def test_redis_restarted_empty_mid_stream_every_acknowledged_message_deliv
         for client in clients.values():
             for channel in CHANNELS:
                 await client.subscribe(channel)
-        publishing = asyncio.ensure_future(ledger.publish_all(publisher, 150, 0.01, time.monotonic() + 60))
-        assert await until(lambda: ledger.count >= 40, 20)
+        publishing = asyncio.ensure_future(ledger.publish_all(publisher, 150, 0.01, time.monotonic() + 2 * DEADLINE))
+        assert await until(lambda: ledger.count >= 40, DEADLINE)
         redis_server.kill()
         await asyncio.sleep(1.0)
         redis_server.start()  # empty: a new epoch for every channel
         await publishing
-        assert await until(lambda: ledger.missing(allow_resync=True) == 0, 15)
+        assert await until(lambda: ledger.missing(allow_resync=True) == 0, DEADLINE)
         await asyncio.sleep(0.5)
     finally:
         for client in (*clients.values(), publisher):
@@ -261,11 +264,11 @@ async def test_killed_process_subscribers_resume_on_another_with_nothing_lost(pr
         for client in subscribers.values():
             for channel in CHANNELS:
                 await client.subscribe(channel)
-        publishing = asyncio.ensure_future(ledger.publish_all(publisher, 120, 0.01, time.monotonic() + 60))
-        assert await until(lambda: ledger.count >= 30, 20)
+        publishing = asyncio.ensure_future(ledger.publish_all(publisher, 120, 0.01, time.monotonic() + 2 * DEADLINE))
+        assert await until(lambda: ledger.count >= 30, DEADLINE)
         server_a.kill()  # a crash: no drain, no close frames
         await publishing
-        assert await until(lambda: ledger.missing() == 0, 20)
+        assert await until(lambda: ledger.missing() == 0, DEADLINE)
         await asyncio.sleep(0.5)
         assert all(client.url == server_b.url and client.stats.reconnects >= 1 for client in subscribers.values())
     finally:
@@ -352,7 +355,7 @@ async def test_collector_killed_and_restarted_the_server_keeps_serving_counts_dr
 
     def start_collector() -> subprocess.Popen:
         proc = processes.start([otelcol, f"--config={config}"])
-        wait_for_port(otlp_port, proc=proc)
+        wait_for_port(otlp_port, timeout=DEADLINE, proc=proc)
         return proc
 
     collector = start_collector()
@@ -366,24 +369,24 @@ async def test_collector_killed_and_restarted_the_server_keeps_serving_counts_dr
                 Client(server.url, token("pub"), request_timeout=3) as publisher:
             for channel in CHANNELS:
                 await subscriber.subscribe(channel)
-            await ledger.publish_all(publisher, 30, 0.02, time.monotonic() + 30)
+            await ledger.publish_all(publisher, 30, 0.02, time.monotonic() + 2 * DEADLINE)
             # Spans flow through the collector; wait until all have, so none is inside it when it dies.
-            assert await until(lambda: len(sink.span_names) == len(CHANNELS) + 2 * ledger.count, 10)
+            assert await until(lambda: len(sink.span_names) == len(CHANNELS) + 2 * ledger.count, DEADLINE)
 
             collector.kill()  # SIGKILL: no flush, the port closed
             collector.wait(timeout=10)
             killed_at = time.monotonic()
-            await ledger.publish_all(publisher, 60, 0.02, time.monotonic() + 30)  # the service keeps serving
+            await ledger.publish_all(publisher, 60, 0.02, time.monotonic() + 2 * DEADLINE)  # the service keeps serving
             served_in = time.monotonic() - killed_at
-            assert await until(lambda: server.metrics()['websocket_telemetry_dropped_total{signal="spans"}'] > 0, 15)
+            assert await until(lambda: server.metrics()['websocket_telemetry_dropped_total{signal="spans"}'] > 0, DEADLINE)
             dropped = server.metrics()['websocket_telemetry_dropped_total{signal="spans"}']
 
             collector = start_collector()  # same port
             restarted_at = time.monotonic()
-            await ledger.publish_all(publisher, 30, 0.02, time.monotonic() + 30)
-            assert await until(lambda: sink.spans_since(restarted_at) > 0, 15), "exports did not resume"
+            await ledger.publish_all(publisher, 30, 0.02, time.monotonic() + 2 * DEADLINE)
+            assert await until(lambda: sink.spans_since(restarted_at) > 0, DEADLINE), "exports did not resume"
             resumed_in = min(at for at, path in sink.requests if at > restarted_at and path == "/v1/traces") - restarted_at
-            assert await until(lambda: ledger.missing() == 0, 10)
+            assert await until(lambda: ledger.missing() == 0, DEADLINE)
             # Every span is accounted for: exported (late, once the collector is back) or counted as
             # dropped. One per command (3 subscribes, 120 publishes) and one per fan-out (120).
             created = len(CHANNELS) + 2 * ledger.count
@@ -391,7 +394,7 @@ async def test_collector_killed_and_restarted_the_server_keeps_serving_counts_dr
             def accounted() -> float:
                 return len(sink.span_names) + server.metrics()['websocket_telemetry_dropped_total{signal="spans"}']
 
-            assert await until(lambda: accounted() >= created, 15), (accounted(), created)
+            assert await until(lambda: accounted() >= created, DEADLINE), (accounted(), created)
             final_dropped = server.metrics()['websocket_telemetry_dropped_total{signal="spans"}']
             assert accounted() == created, (len(sink.span_names), final_dropped, created)
     finally:
@@ -401,7 +404,9 @@ async def test_collector_killed_and_restarted_the_server_keeps_serving_counts_dr
           f"{dropped:.0f} spans counted as dropped (at the end: {final_dropped:.0f}, and {len(sink.span_names)} "
           f"exported, of {created} created); exports resumed {resumed_in:.2f}s after the restart")
     assert ledger.problems("sub") == CLEAN
-    assert served_in < 60 * 0.02 + 5  # no stall behind a dead exporter (the publishes alone take 1.2 s)
+    # No stall behind a dead exporter: the publishes alone take 1.2 s; waiting on the 1 s export
+    # timeout would take a minute. The rest is room for a loaded machine.
+    assert served_in < 60 * 0.02 + 15
 
 
 @pytest.mark.parametrize("backend", ["closed port", "hung"])
@@ -419,12 +424,12 @@ async def test_loki_unreachable_never_blocks_and_drops_are_counted(tmp_path, bac
             for channel in CHANNELS:
                 await subscriber.subscribe(channel)
             started = time.monotonic()
-            await ledger.publish_all(publisher, 90, 0.0, time.monotonic() + 30)
+            await ledger.publish_all(publisher, 90, 0.0, time.monotonic() + 2 * DEADLINE)
             elapsed = time.monotonic() - started
-            assert await until(lambda: ledger.missing() == 0, 10)
+            assert await until(lambda: ledger.missing() == 0, DEADLINE)
         # The startup line (and whatever followed) could not be shipped: counted, not blocking.
         if backend == "closed port":
-            assert await until(lambda: server.metrics()['websocket_telemetry_dropped_total{signal="logs"}'] >= 1, 15)
+            assert await until(lambda: server.metrics()['websocket_telemetry_dropped_total{signal="logs"}'] >= 1, DEADLINE)
         dropped = server.metrics()['websocket_telemetry_dropped_total{signal="logs"}']
         stop_started = time.monotonic()
         server.stop()
@@ -436,6 +441,7 @@ async def test_loki_unreachable_never_blocks_and_drops_are_counted(tmp_path, bac
     print(f"\nloki {backend}: 90 publishes in {elapsed:.2f}s, {dropped:.0f} log records counted as dropped, "
           f"SIGTERM to exit {stopped_in:.2f}s")
     assert ledger.problems("sub") == CLEAN
-    assert elapsed < 10
-    # Draining and the telemetry shutdown have their own timeouts: a hung backend costs at most those.
-    assert server.proc.returncode == 0 and stopped_in < 2 + 5 + 2
+    assert elapsed < 30  # never blocked on the backend (90 publishes; seconds at most on a loaded machine)
+    # Draining and the telemetry shutdown have their own timeouts: a hung backend costs at most
+    # those (2 s + 5 s), plus room for a loaded machine.
+    assert server.proc.returncode == 0 and stopped_in < 2 + 5 + 8

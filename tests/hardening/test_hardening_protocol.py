@@ -36,7 +36,9 @@ from tests.hardening.hardening_support import (
 )
 
 MAX_MESSAGE, MAX_FRAME = 4096, 16384
-REPLY_TIMEOUT = 3.0  # "within a bounded time": generous for a loaded 2-core machine
+# "Within a bounded time": a deadline the answer beats by far on an idle machine (milliseconds);
+# 10 s so that a loaded 2-core machine (load average 10 has been seen) does not fail it.
+REPLY_TIMEOUT = 10.0
 LIMITS = ("--max-message-size", str(MAX_MESSAGE), "--max-frame-size", str(MAX_FRAME))
 
 
@@ -156,6 +158,9 @@ def test_every_frame_gets_its_documented_answer_in_time(fuzzed_server, sequence,
 OPEN_TIMEOUT = 2.0
 ATTACK_SECONDS = 6.0
 P99_BOUND_MS = 250.0  # generous: this asserts "not starved", the figures are printed
+# On a machine loaded by other work the well-behaved client is slow before the attack too: the
+# bounds below also allow this multiple of what it measured just before (same machine, same load).
+LOADED_FACTOR = 5.0
 RSS_BOUND = 64 * MIB  # growth over the baseline, peak during the attack
 
 
@@ -165,7 +170,7 @@ def test_attacks_get_their_answers_in_time_and_spare_well_behaved_clients(tmp_pa
     try:
         before = LatencyProbe(server.url, channel="before")
         asyncio.run(before.run(3.0))  # also warms the server up before the RSS baseline
-        time.sleep(0.5)
+        time.sleep(0.5)  # let the probe's connections close before the RSS baseline
         baseline = server.rss
         attacker = subprocess.Popen(
             [sys.executable, "-m", "tests.hardening.hardening_support", "attack", str(server.port),
@@ -197,7 +202,7 @@ def test_attacks_get_their_answers_in_time_and_spare_well_behaved_clients(tmp_pa
         results = outcomes[name]
         assert results, f"{name}: never ran"
         if expected == "eof":
-            assert all(r is not None and r < OPEN_TIMEOUT + 3 for r in results), (name, _tally(results))
+            assert all(r is not None and r < OPEN_TIMEOUT + 8 for r in results), (name, _tally(results))
         elif expected == "pongs":
             assert set(map(str, results)) == {"pongs"}, (name, _tally(results))
         else:
@@ -207,8 +212,9 @@ def test_attacks_get_their_answers_in_time_and_spare_well_behaved_clients(tmp_pa
     # The well-behaved client lost nothing, in order, and was not starved.
     for probe in (before, during):
         assert probe.delivered == probe.acked == list(range(1, len(probe.acked) + 1))
-    assert len(during.acked) >= 0.5 * 50 * (ATTACK_SECONDS - 0.5)
-    assert figures["during"]["p99_ms"] < P99_BOUND_MS, figures
+    rate_before = min(50.0, len(before.acked) / 3.0)  # what this machine managed just before, at most 50/s
+    assert len(during.acked) >= 0.5 * rate_before * (ATTACK_SECONDS - 0.5), (len(during.acked), rate_before)
+    assert figures["during"]["p99_ms"] < max(P99_BOUND_MS, LOADED_FACTOR * figures["before"]["p99_ms"]), figures
     # Memory stayed bounded, and the server counted what happened to the attackers.
     assert rss.peak - baseline < RSS_BOUND, (baseline, rss.peak)
     assert metrics['websocket_active_connections{namespace="default"}'] == 0

@@ -20,6 +20,11 @@ from instrumented_server.protocol import encode_command, frame_payload
 from instrumented_server.server import PubSubServer
 
 SECRET = "test-secret-" + "x" * 32
+# How long a test waits for something that should happen. Waits end as soon as it happens, so a
+# generous deadline costs nothing on an idle machine and keeps a loaded one (load average 10 on 2
+# cores has been seen) from failing a test that was only slow. Negative waits ("nothing more
+# arrives within ...") are short and explicit where they are used.
+DEADLINE = 30.0
 AUTH = Authenticator(SECRET)
 
 NAMESPACES = load_namespaces({
@@ -32,7 +37,7 @@ NAMESPACES = load_namespaces({
 
 def make_config(**overrides: Any) -> ServerConfig:
     values: dict[str, Any] = dict(port=0, jwt_secret=SECRET, namespaces=NAMESPACES, ping_interval=None,
-                                  close_timeout=2.0, drain_timeout=2.0)
+                                  close_timeout=5.0, drain_timeout=10.0)
     values.update(overrides)
     return ServerConfig(**values)
 
@@ -107,7 +112,7 @@ async def settle(rounds: int = 5) -> None:
         await asyncio.sleep(0)
 
 
-async def eventually(predicate, timeout: float = 5.0, interval: float = 0.01) -> None:
+async def eventually(predicate, timeout: float = DEADLINE, interval: float = 0.01) -> None:
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -144,7 +149,7 @@ class Client:
         all_headers = dict(headers or {})
         if tok is not None:
             all_headers["Authorization"] = f"Bearer {tok}"
-        async with connect(f"ws://127.0.0.1:{port}/", additional_headers=all_headers, open_timeout=5,
+        async with connect(f"ws://127.0.0.1:{port}/", additional_headers=all_headers, open_timeout=DEADLINE,
                            close_timeout=2, **kwargs) as connection:
             client = cls(connection)
             if expect_connected:
@@ -159,7 +164,7 @@ class Client:
         await self.connection.send(encode_command(type_, payload or {}, message_id))
         return message_id
 
-    async def next(self, timeout: float = 5.0) -> dict[str, Any]:
+    async def next(self, timeout: float = DEADLINE) -> dict[str, Any]:
         if self._unread:
             return self._unread.pop(0)
         text = await asyncio.wait_for(self.connection.recv(), timeout)
@@ -167,7 +172,8 @@ class Client:
         self.events.append(event)
         return event
 
-    async def request(self, type_: str, payload: dict[str, Any] | None = None, timeout: float = 5.0) -> dict[str, Any]:
+    async def request(self, type_: str, payload: dict[str, Any] | None = None,
+                      timeout: float = DEADLINE) -> dict[str, Any]:
         """Send a command and return its reply (ack or error); other events stay for ``next``."""
         message_id = await self.send(type_, payload)
         deadline = time.monotonic() + timeout
@@ -179,7 +185,7 @@ class Client:
                 return event
             others.append(event)
 
-    async def messages(self, count: int, timeout: float = 5.0) -> list[dict[str, Any]]:
+    async def messages(self, count: int, timeout: float = DEADLINE) -> list[dict[str, Any]]:
         got: list[dict[str, Any]] = []
         deadline = time.monotonic() + timeout
         while len(got) < count:
@@ -187,6 +193,15 @@ class Client:
             if event["type"] == "message":
                 got.append(event)
         return got
+
+    async def until(self, predicate, timeout: float = DEADLINE, then: float = 0.3) -> list[dict[str, Any]]:
+        """Events read until one matches ``predicate`` (within ``timeout``), plus whatever else
+        arrives within ``then`` seconds after it (so that an extra event would show)."""
+        got: list[dict[str, Any]] = []
+        deadline = time.monotonic() + timeout
+        while not (got and predicate(got[-1])):
+            got.append(await self.next(max(0.01, deadline - time.monotonic())))
+        return got + await self.quiet(then)
 
     async def quiet(self, seconds: float = 0.2) -> list[dict[str, Any]]:
         """Whatever arrives within ``seconds`` (to check that nothing more does)."""
@@ -196,7 +211,7 @@ class Client:
                 got.append(await self.next(seconds))
         return got
 
-    async def closed(self, timeout: float = 5.0) -> int | None:
+    async def closed(self, timeout: float = DEADLINE) -> int | None:
         """Read until the server closes; return the close code the client received."""
         with contextlib.suppress(ConnectionClosed):
             async with asyncio.timeout(timeout):

@@ -36,7 +36,7 @@ class Recorder:
     def offsets(self, channel: str | None = None) -> list[int]:
         return [p.offset for p in self.got if channel is None or p.channel == channel]
 
-    async def wait_for(self, count: int, timeout: float = 5.0) -> None:
+    async def wait_for(self, count: int, timeout: float = 30.0) -> None:
         """Wait until ``count`` publications arrived, then a little longer so extras would show."""
         deadline = time.monotonic() + timeout
         while len(self.got) < count and time.monotonic() < deadline:
@@ -44,7 +44,7 @@ class Recorder:
         await asyncio.sleep(0.05)
 
 
-async def eventually(predicate, timeout: float = 5.0, interval: float = 0.01):
+async def eventually(predicate, timeout: float = 30.0, interval: float = 0.01):
     deadline = time.monotonic() + timeout
     while not predicate():
         if time.monotonic() > deadline:
@@ -63,8 +63,9 @@ async def make_broker(request):
         if server is None:
             broker: Broker = MemoryBroker(history_size=history_size, history_ttl=history_ttl, clock=clock)
         else:
+            # A generous command timeout: 0.5 s timed out connecting under load (CI, load ~10).
             broker = RedisBroker(server.url, history_size=history_size, history_ttl=history_ttl, clock=clock,
-                                 timeout=0.5, liveness_interval=0.2, backoff_max=0.2)
+                                 timeout=3.0, liveness_interval=0.2, backoff_max=0.2)
         recorder = Recorder()
         await broker.start(callback or recorder)
         started.append(broker)

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import asyncio
 import random
+import time
 
 import pytest
 
 from instrumented_server.client import AuthenticationFailed, Backoff, Client, ClientError
-from tests.server.server_support import AUTH, eventually, make_config, running_server, token
+from tests.server.server_support import AUTH, DEADLINE, eventually, make_config, running_server, token
 
 
 def url(server) -> str:
@@ -45,7 +46,7 @@ async def test_subscribe_publish_receive():
             await alice.subscribe("room")
             ack = await bob.publish("room", {"text": "hi"})
             assert ack["offset"] == 1
-            event = await alice.next_event(5)
+            event = await alice.next_event(DEADLINE)
             assert event["type"] == "message" and event["payload"]["data"] == {"text": "hi"}
             assert (await alice.presence("room")) and (await alice.history("room"))["publications"]
             with pytest.raises(ClientError) as info:
@@ -98,24 +99,29 @@ async def test_server_drain_1001_then_a_new_server_gives_resync():
         await client.publish("room", "before")
     # the server drained (1001); a fresh one (a new memory broker: history lost) takes its port
     async with running_server(make_config(port=port)) as server:
-        await eventually(lambda: client.connected and client.stats.reconnects == 1, timeout=10)
-        events = await drain_events(client, 0.3)
+        await eventually(lambda: client.connected and client.stats.reconnects == 1)
+        # The message before the drain, then the resync; then nothing more.
+        events = [await client.next_event(DEADLINE), await client.next_event(DEADLINE)]
+        events += await drain_events(client, 0.3)
         assert [e["type"] for e in events] == ["message", "resync"]
         assert client.stats.close_codes.get(1001) == 1
         await client.publish("room", "after")
-        event = await client.next_event(5)
+        event = await client.next_event(DEADLINE)
         assert event["payload"]["data"] == "after" and event["payload"]["offset"] == 1
         await client.close()
 
 
 async def test_token_is_refreshed_before_it_expires():
+    # exp is whole seconds, so a 4 s token lives 3 to 4 s; refreshed at half its life, it leaves
+    # the refresh 1.5 s or more of slack on a loaded machine.
     async with running_server() as server:
-        client = Client(url(server), lambda: AUTH.mint("alice", ttl=2), refresh_margin=0.5)
+        client = Client(url(server), lambda: AUTH.mint("alice", ttl=4), refresh_margin=0.5)
         await client.start()
+        first_expired_by = time.time() + 4  # the first token was minted before this
         await client.subscribe("room")
-        await asyncio.sleep(2.5)  # past the first token's expiry
+        await asyncio.sleep(first_expired_by - time.time() + 0.5)  # past the first token's expiry
         await client.publish("room", "still here")
-        assert (await client.next_event(5))["payload"]["data"] == "still here"
+        assert (await client.next_event(DEADLINE))["payload"]["data"] == "still here"
         assert client.stats.connects == 1  # never dropped
         await client.close()
 

@@ -14,7 +14,7 @@ from instrumented_server.broker.memory import MemoryBroker
 from instrumented_server.hub import Hub
 from instrumented_server.protocol import CloseCode, encode_command
 from instrumented_server.ratelimit import Rate
-from tests.server.server_support import AUTH, FakePeer, RecordingTelemetry, make_config, settle, token
+from tests.server.server_support import AUTH, FakePeer, RecordingTelemetry, eventually, make_config, settle, token
 
 
 class GatedBroker(MemoryBroker):
@@ -268,7 +268,9 @@ async def test_unsubscribe_stops_delivery_and_releases_the_channel(hub):
 
 
 async def test_token_expiry_suspends_then_refresh_resumes_without_loss(hub):
-    session, peer = connect(hub, ttl=1)
+    # A token far from its expiry: the test expires the identity itself below. (A ttl of 1 s is
+    # 0 to 1 s of life, since exp is whole seconds: its timer could fire mid-test on a loaded machine.)
+    session, peer = connect(hub, ttl=60)
     await send(hub, session, "subscribe", {"channel": "room"})
     publisher, _ = connect(hub, "pub")
     await send(hub, publisher, "publish", {"channel": "room", "data": 1}, "p1")
@@ -294,7 +296,7 @@ async def test_expired_token_not_refreshed_closes_with_4006(hub):
     peer = FakePeer()
     identity = AUTH.verify(token("alice"))
     hub.open_session(peer, Identity("alice", time.time() + 0.2, identity.grants), "127.0.0.1")
-    await asyncio.sleep(0.5)
+    await eventually(lambda: peer.closed is not None)  # expiry at 0.2 s, then the 0.05 s grace
     assert [e["payload"]["code"] for e in peer.of_type("error")] == ["token_expired"]
     assert peer.closed[0] == CloseCode.TOKEN_EXPIRED
 
@@ -354,15 +356,17 @@ async def test_close_session_forgets_everything(hub):
 
 
 async def test_write_delay_gathers_frames_across_ticks(hub):
-    hub.config.write_delay = 0.05
+    # Long enough that the four publishes below fit inside it on a loaded machine.
+    hub.config.write_delay = 0.5
     session, peer = connect(hub)
     await send(hub, session, "subscribe", {"channel": "room"})
-    await asyncio.sleep(0.1)
+    await eventually(lambda: peer.writes)  # the subscribe's ack, flushed after the delay
     peer.writes.clear()
     publisher, _ = connect(hub, "pub")
     for i in range(4):  # four separate ticks
         await hub.handle(publisher, encode_command("publish", {"channel": "room", "data": i}, f"p{i}"))
         await asyncio.sleep(0)
     assert peer.writes == []
-    await asyncio.sleep(0.1)
+    await eventually(lambda: peer.writes)
+    await asyncio.sleep(0.1)  # a second write, were there one, would come now
     assert len(peer.writes) == 1 and peer.offsets("room") == [1, 2, 3, 4]

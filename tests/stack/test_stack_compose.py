@@ -130,7 +130,6 @@ def test_prometheus_and_alertmanager_flags():
     assert services["prometheus"]["command"] == [
         "--config.file=/etc/prometheus/prometheus.yml",
         "--storage.tsdb.path=/prometheus",
-        "--storage.tsdb.retention.time=30d",
         "--web.listen-address=0.0.0.0:9090",
         "--web.enable-lifecycle",
         "--enable-feature=exemplar-storage",

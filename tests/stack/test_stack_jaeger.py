@@ -78,6 +78,11 @@ def test_storage_exporter_and_query_use_one_memory_store():
     assert config["extensions"]["healthcheckv2"]["use_v2"] is True
 
 
+def test_query_does_not_trace_itself_into_the_users_traces():
+    for target in ("compose", "local"):
+        assert rendered(make_spec(target=target))["extensions"]["jaeger_query"]["enable_tracing"] is False
+
+
 def test_same_spec_same_bytes():
     spec = make_spec()
     assert jaeger.render(spec, Topology(spec)) == jaeger.render(spec, Topology(spec))

@@ -40,7 +40,14 @@ def test_global_settings_rule_files_and_alerting_come_from_the_spec():
     cfg = config(make_spec(components={"prometheus": {"scrape_interval": "30s", "evaluation_interval": "1m"}}))
     assert cfg["global"] == {"scrape_interval": "30s", "evaluation_interval": "1m", "external_labels": {"project": "demo"}}
     assert cfg["rule_files"] == ["rules/*.yml"]  # relative to prometheus.yml, in both targets
+    assert cfg["storage"] == {"tsdb": {"retention": {"time": "15d"}}}  # Prometheus 3: not a flag any more
     assert cfg["alerting"] == {"alertmanagers": [{"static_configs": [{"targets": ["alertmanager:9093"]}]}]}
+
+
+def test_retention_is_in_the_config_file_for_both_targets():
+    for target in ("compose", "local"):
+        cfg = config(make_spec(target=target, components={"prometheus": {"retention": "30d"}}))
+        assert cfg["storage"]["tsdb"]["retention"] == {"time": "30d"}
 
 
 def test_every_service_instance_is_scraped_with_its_service_label():
