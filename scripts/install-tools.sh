@@ -5,6 +5,7 @@
 #   go install        prometheus + promtool, amtool, alertmanager
 #   go get -tool      jaeger, pint, docker-compose (Compose v5), each in a throwaway module
 #                     (their go.mod has replace directives, which `go install` refuses)
+#   go install        centrifugo, the peer server bench/ compares with (no part of a rendered stack)
 # Versions come from stack/data/versions.yaml (`native:`), stamped into the binaries with -ldflags -X.
 #
 # Everything lives outside the checkout, so every clone, CI run and second checkout reuses it:
@@ -91,7 +92,7 @@ if problems:
     sys.exit(f"{sys.argv[1]}:\n  " + "\n  ".join(problems))
 PY
 )
-for tool in otelcol prometheus promtool jaeger amtool alertmanager pint docker-compose; do
+for tool in otelcol prometheus promtool jaeger amtool alertmanager pint docker-compose centrifugo; do
   [[ -n ${VERSION[$tool]:-} ]] || die "$VERSIONS has no native.$tool"
 done
 COLLECTOR_VERSION=${VERSION[otelcol]}
@@ -189,6 +190,7 @@ reports_version() {
 declare -A VERSION_ARGS=(
   [otelcol]=--version [prometheus]=--version [promtool]=--version [amtool]=--version
   [alertmanager]=--version [jaeger]=version [pint]=version [docker-compose]="version --short"
+  [centrifugo]=version
 )
 binary_ok() {  # NAME: $BIN/NAME reports VERSION[NAME]
   # shellcheck disable=SC2086  # VERSION_ARGS holds words
@@ -375,6 +377,16 @@ C_LDFLAGS="-s -w -X github.com/docker/compose/v5/internal.Version=v${VERSION[doc
 compose_build() { tool_module_recipe "$SRC/compose-${VERSION[docker-compose]}" "$C_LDFLAGS" docker-compose=cmd "$C_TARGET"; }
 SOURCE="go get -tool $C_TARGET"
 cached_step docker-compose "$SOURCE | $C_LDFLAGS | $GO_VERSION" compose_build docker-compose
+
+# ---------------------------------------------------------------------------------------------
+# 5. go install: Centrifugo, the peer server bench/ runs side by side (version stamped as its
+#    release builds do; without it `centrifugo version` says 0.0.0)
+# ---------------------------------------------------------------------------------------------
+CF_MOD=github.com/centrifugal/centrifugo/v6
+CF_LDFLAGS="-s -w -X $CF_MOD/internal/build.Version=${VERSION[centrifugo]}"
+centrifugo_build() { go_install_recipe "$CF_LDFLAGS" centrifugo=centrifugo -- "$CF_MOD@${MODULE_VERSION[centrifugo]}"; }
+SOURCE="go install $CF_MOD@${MODULE_VERSION[centrifugo]}"
+cached_step centrifugo "$SOURCE | $CF_LDFLAGS | $GO_VERSION" centrifugo_build centrifugo
 
 # Debian tools, for the table.
 add_row redis-server "$(deb_version redis-server)" "debian" "$(command -v redis-server || echo -)" "-"

@@ -30,9 +30,11 @@ GO_MODULES = {
     "jaeger": "github.com/jaegertracing/jaeger",
     "pint": "github.com/cloudflare/pint",
     "docker-compose": "github.com/docker/compose/v5",
+    "centrifugo": "github.com/centrifugal/centrifugo/v6",
 }
 # How each binary prints its version (stack/check.py asks the same way).
-VERSION_ARGS = {"jaeger": ["version"], "pint": ["version"], "docker-compose": ["version", "--short"]}
+VERSION_ARGS = {"jaeger": ["version"], "pint": ["version"], "docker-compose": ["version", "--short"],
+                "centrifugo": ["version"]}
 # The component names obsgen's rendered collector configs use, by kind.
 EXPECTED_COMPONENTS = {
     "receivers": ["otlp"],
@@ -86,7 +88,7 @@ def go_module_version(binary: Path, module: str) -> str:
 
 def test_native_builds_run_the_pinned_image_versions_except_where_versions_yaml_says():
     assert set(NATIVE) == {"otelcol", "prometheus", "promtool", "jaeger", "amtool", "alertmanager", "pint",
-                           "docker-compose"}
+                           "docker-compose", "centrifugo"}  # centrifugo: the peer bench/ measures
     pins = pinned_versions()
     # The tests run exactly what compose runs for these ...
     for name, component in [("otelcol", "collector"), ("prometheus", "prometheus"), ("promtool", "prometheus"),
