@@ -325,7 +325,7 @@ def start_centrifugo(work: Workdir, ping_interval: float = 20.0) -> Target:
     secret = secrets.token_urlsafe(32)
     path = work.path / "centrifugo.yaml"
     path.write_text(yaml.safe_dump(centrifugo_config(port, secret, ping_interval), sort_keys=True))
-    path.chmod(0o600)
+    path.chmod(0o600)  # it holds the secret (the work directory is private too)
     process = work.start("centrifugo", [binary, "--config", str(path)])
     process.wait_for_port(port)
     # Centrifugo only warns about a key it does not know (at startup, before it listens): a typo
@@ -344,7 +344,7 @@ TARGETS = {
     "b": lambda work, **kw: start_instrumented(work, "b", telemetry=False, **kw),
     "c": lambda work, **kw: start_instrumented(work, "c", collector=True, **kw),
     "d": lambda work, **kw: start_instrumented(work, "d", collector=True, redis=True, **kw),
-    "e": lambda work, **kw: start_centrifugo(work, **{k: v for k, v in kw.items() if k == "ping_interval"}),
+    "e": lambda work, **kw: start_centrifugo(work, **kw),
 }
 
 

@@ -235,9 +235,13 @@ class RawConnection(asyncio.Protocol):
             if opcode == 0x1:
                 at = buf.find(TS_MARKER, start, end)
                 if at >= 0:
-                    # One publication per frame from instrumented_server and the baseline; Centrifugo
-                    # batches the pushes due to a connection into one frame, one per line.
-                    if histogram is None:
+                    if not self.centrifugo:  # one publication per frame from our servers
+                        deliveries += 1
+                        if histogram is not None:
+                            at += 5
+                            histogram.add(max(0.0, now - float(buf[at:buf.find(b",", at, end)])))
+                    # Centrifugo batches the pushes due to a connection into one frame, one per line.
+                    elif histogram is None:
                         deliveries += buf.count(TS_MARKER, at, end)
                     else:
                         while at >= 0:
