@@ -1,12 +1,12 @@
-"""Connections held: RSS per connection and heartbeat CPU, bare baseline against instrumented_server.
+"""Connections held: RSS per connection and heartbeat CPU, bare baseline and Centrifugo against instrumented_server.
 
     python bench/connections.py            # 1,000 → 10,000 connections (about 2 minutes)
     python bench/connections.py --quick    # 50 → 100 connections, for CI
 
-For (a) the bare baseline and (c) instrumented_server exporting to a running otelcol (add b or d
-with --targets), it opens connections in steps, each subscribed to one of 100 channels, spread
+For (a) the bare baseline, (c) instrumented_server exporting to a running otelcol and (e)
+Centrifugo (add b or d with --targets), it opens connections in steps, each subscribed to one of 100 channels, spread
 over several client processes (bench/wsclient.py). Heartbeats are on (the servers ping every
---ping-interval seconds; the clients answer). After each step it reads the server's RSS; the
+--ping-interval seconds, Centrifugo with its `{}` application ping; the clients answer). After each step it reads the server's RSS; the
 RSS per connection is (RSS now − RSS before the first connection) / connections, and the
 marginal figure is the growth since the previous step per added connection. At the top step it
 then leaves the connections idle for --idle-seconds and reads the server's CPU: heartbeats are
@@ -108,7 +108,7 @@ async def bench_target(key: str, args: argparse.Namespace) -> Result:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="50 and 100 connections (CI smoke run)")
-    parser.add_argument("--targets", default="ac", help="which servers (default a and c)")
+    parser.add_argument("--targets", default="ace", help="which servers (default a, c and e)")
     parser.add_argument("--steps", help="comma-separated connection counts (default 1000,2500,5000,10000)")
     parser.add_argument("--ping-interval", type=float, default=5.0,
                         help="server heartbeat interval while measuring (scaled to 20 s in the report)")
@@ -134,24 +134,27 @@ def main(argv: list[str] | None = None) -> int:
             skipped[key] = str(exc).splitlines()[0]
             log(f"[{key}] skipped: {exc}")
 
-    labels = {"a": "a bare", "b": "b no-telemetry", "c": "c otelcol", "d": "d otelcol+redis"}
+    labels = harness.LABELS
     harness.print_table(
         "RSS by connections held (KiB per connection: from the zero point / marginal since the previous step)",
         ["server", "connections", "RSS MiB", "KiB/conn", "marginal KiB/conn"],
         [(labels[k], held, rss / 2**20, per / KIB, marginal / KIB if marginal is not None else None)
          for k, r in results.items() for held, rss, per, marginal in r.steps])
-    base = results.get("a")
+    def ratio(r: Result, base: Result | None) -> str | None:
+        return f"{r.steps[-1][2] / base.steps[-1][2]:.2f}x" if base and base.steps and r.steps else None
+
     rows = []
     for key, r in results.items():
         per = r.steps[-1][2] / KIB if r.steps else None
-        ratio = f"{r.steps[-1][2] / base.steps[-1][2]:.2f}x" if base and base.steps and r.steps else None
         open_ms = r.open_ms[0] if r.open_ms else None  # the first step: the least heartbeat traffic mixed in
-        rows.append((labels[key], r.held, per, ratio, open_ms, r.idle_floor, r.idle_cpu, r.ping_us, r.per_1000_default,
+        rows.append((labels[key], r.held, per, ratio(r, results.get("a")), ratio(r, results.get("e")), open_ms,
+                     r.idle_floor, r.idle_cpu, r.ping_us, r.per_1000_default,
                      r.client_max, ", ".join(f"{n} {why}" for why, n in r.failures.items()) or "none"))
     harness.print_table(
         f"Connections held with heartbeats (pings every {args.ping_interval:g}s while measuring)",
-        ["server", "held", "KiB/conn", "vs a", "open CPU ms/conn (1st step)", "idle CPU % (0 conns)", f"idle CPU % ({max(args.steps)})",
-         "µs/ping", "% core per 1,000 at 20s", "busiest client %", "failed opens"], rows)
+        ["server", "held", "KiB/conn", "vs a", "vs e", "open CPU ms/conn (1st step)", "idle CPU % (0 conns)",
+         f"idle CPU % ({max(args.steps)})", "µs/ping", "% core per 1,000 at 20s", "busiest client %", "failed opens"],
+        rows)
     for key, reason in skipped.items():
         print(f"({key}) not measured: {reason}")
     print(f"{args.workers} client processes ({getattr(args, 'client_used', '?')} client); "

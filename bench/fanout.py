@@ -1,18 +1,19 @@
-"""Fan-out efficiency: server CPU per delivered message, bare baseline against instrumented_server.
+"""Fan-out efficiency: server CPU per delivered message, bare baseline and Centrifugo against instrumented_server.
 
     python bench/fanout.py            # full run: 1, 100 and 1,000 subscribers (about 2 minutes)
     python bench/fanout.py --quick    # small sizes, for CI
 
 For each server: (a) the bare baseline (bench/baseline_server.py, `websockets.broadcast`),
 (b) instrumented_server --no-telemetry, (c) instrumented_server exporting spans and logs to a
-running otelcol, (d) the same behind the Redis broker. Subscribers sit on channels of 1, 100 and
+running otelcol, (d) the same behind the Redis broker, (e) Centrifugo (the peer: all its threads'
+CPU, client-side publish; see harness.start_centrifugo). Subscribers sit on channels of 1, 100 and
 1,000, spread over client processes (bench/wsclient.py). The publisher sends either bursts
 (--burst publishes split over --publishers connections, written back to back, so the server
 reads them in one event-loop iteration) or one publish per tick (the next only after the previous
 one is acknowledged). It waits for the subscribers to catch up before each send, so no backlog
 builds up and every publication is delivered. The figure is the server process's CPU (user+sys,
 from the OS) over the window divided by the deliveries the clients counted; the ratios compare
-each server with (a) in the same run. The Python client is the default here: on loopback the
+each server with (a) and with (e) in the same run. The Python client is the default here: on loopback the
 sender's send() also pays for waking an idle receiver, and a faster client (--client go) sleeps
 and is woken more often, which raises every server's figure, the baseline's most.
 """
@@ -77,7 +78,7 @@ async def bench_target(key: str, sizes: list[int], modes: list[int], seconds: fl
                        client: str, publishers: int, server_args: list[str]) -> list[Cell]:
     cells = []
     with Workdir() as work:
-        target = harness.TARGETS[key](work, **({"extra": server_args} if key != "a" and server_args else {}))
+        target = harness.TARGETS[key](work, **({"extra": server_args} if key in "bcd" and server_args else {}))
         log(f"[{key}] {target.label}: pid {target.process.pid}, port {target.port}")
         async with ClientPool(work, workers, client) as pool:
             CLIENT_USED[0] = pool.kind
@@ -101,7 +102,7 @@ async def bench_target(key: str, sizes: list[int], modes: list[int], seconds: fl
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="small sizes and short windows (CI smoke run)")
-    parser.add_argument("--targets", default="abcd", help="which servers: a b c d (default all)")
+    parser.add_argument("--targets", default="abcde", help="which servers: a b c d e (default all)")
     parser.add_argument("--seconds", type=float, help="measuring window per cell (default 2.5; quick 0.3)")
     parser.add_argument("--burst", type=int, default=10, help="publishes per burst (one write, one server tick)")
     parser.add_argument("--publishers", type=int, default=10,
@@ -128,7 +129,7 @@ def main(argv: list[str] | None = None) -> int:
             log(f"[{key}] skipped: {exc}")
 
     by = {(c.key, c.size, c.mode): c for c in cells}
-    labels = {"a": "a bare", "b": "b no-telemetry", "c": "c otelcol", "d": "d otelcol+redis"}
+    labels = harness.LABELS
     harness.print_table(
         "Per server and channel size (µs are server CPU per delivered message; helper = otelcol, + redis for d)",
         ["server", "subs", "publishes", "deliveries/s", "server µs", "helper µs", "busiest client %",
@@ -138,18 +139,20 @@ def main(argv: list[str] | None = None) -> int:
     rows = []
     for size in sizes:
         for mode in ("burst", "single"):
-            base = by.get(("a", size, mode))
             row: list = [size, f"{mode} ({args.burst}/tick)" if mode == "burst" else "single (1/tick)"]
-            row += [by[(k, size, mode)].server_us if (k, size, mode) in by else None for k in "abcd"]
-            for k in "bcd":
-                cell = by.get((k, size, mode))
-                row.append(f"{cell.server_us / base.server_us:.2f}x" if cell and base else None)
+            row += [by[(k, size, mode)].server_us if (k, size, mode) in by else None for k in "abcde"]
+            for base_key, keys in (("a", "bcd"), ("e", "abcd")):  # ratio to bare, then ratio to Centrifugo
+                base = by.get((base_key, size, mode))
+                for k in keys:
+                    cell = by.get((k, size, mode))
+                    row.append(f"{cell.server_us / base.server_us:.2f}x" if cell and base else None)
             bound = [c.key for c in cells if c.size == size and c.mode == mode and c.client_max > harness.CLIENT_BOUND]
             row.append(",".join(bound) or "no")
             rows.append(row)
     harness.print_table(
-        "Server CPU per delivered message (µs) and ratios against (a), same run",
-        ["subs", "publishes", "a µs", "b µs", "c µs", "d µs", "b/a", "c/a", "d/a", "client-bound"], rows)
+        "Server CPU per delivered message (µs) and ratios against (a) bare and (e) Centrifugo, same run",
+        ["subs", "publishes", "a µs", "b µs", "c µs", "d µs", "e µs", "b/a", "c/a", "d/a", "a/e", "b/e", "c/e",
+         "d/e", "client-bound"], rows)
     for key, reason in skipped.items():
         print(f"({key}) not measured: {reason}")
     print(f"client processes: {args.workers} receiving workers ({CLIENT_USED[0]} client) + the publishing driver "

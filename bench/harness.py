@@ -1,7 +1,8 @@
 """What every benchmark script shares: processes, servers, the client pool, the publisher, tables.
 
-- Servers (the bare baseline, instrumented_server in its variants, otelcol, redis-server) run as
-  separate processes on 127.0.0.1, on free ports, each stopped by its own pid when the run ends.
+- Servers (the bare baseline, instrumented_server in its variants, Centrifugo, otelcol,
+  redis-server) run as separate processes on 127.0.0.1, on free ports, each stopped by its own pid
+  when the run ends.
 - Subscribers live in separate client processes, ``bench/wsclient.py`` (Python) or
   ``bench/goclient`` (Go, built into ``.cache/bench`` on first use) workers, one core each; the
   driver process only publishes. CPU is read per process from the OS (psutil), so the server's figure
@@ -20,6 +21,7 @@ import mmap
 import os
 import platform
 import re
+import secrets
 import shutil
 import signal
 import socket
@@ -168,12 +170,19 @@ class Workdir:
 class Target:
     """A server under test, with the processes whose CPU belongs to it or beside it."""
 
-    key: str  # a, b, c, d
+    key: str  # a, b, c, d, e
     label: str
     process: Process
     port: int
     headers: dict[str, str] = field(default_factory=dict)
     helpers: dict[str, Process] = field(default_factory=dict)  # otelcol, redis-server
+    protocol: str = wsclient.OBSGEN  # or wsclient.CENTRIFUGO
+    path: str = "/"  # the WebSocket endpoint
+    token: str | None = None  # Centrifugo: the connection JWT, sent in the connect command
+
+
+# The servers by key, for the tables.
+LABELS = {"a": "a bare", "b": "b no-telemetry", "c": "c otelcol", "d": "d otelcol+redis", "e": "e centrifugo"}
 
 
 def start_baseline(work: Workdir, ping_interval: float = 20.0) -> Target:
@@ -266,11 +275,76 @@ def start_instrumented(work: Workdir, key: str, *, telemetry: bool = True, colle
     return Target(key, label, process, port, bearer(secret), helpers)
 
 
+def centrifugo_config(port: int, hmac_secret: str, ping_interval: float) -> dict[str, Any]:
+    """A Centrifugo v6 config set up like instrumented_server's defaults (see docs/performance.md).
+
+    Connections need a JWT (HS256, per-run secret); no anonymous access anywhere. Channels without
+    a namespace behave like instrumented_server's default namespace: any authenticated client may
+    subscribe and publish, subscribers may read presence and history; history keeps 100
+    publications for 300 s (so publications carry offsets, as ours do); no join/leave events. The
+    other limits are Centrifugo's defaults, which equal ours: 1 MiB queued per client, 128
+    channels per client, 64 KiB per message.
+    """
+    # Centrifugo wants the ping interval above the pong timeout (its defaults: 25 s and 8 s).
+    pong_timeout = min(8.0, 0.8 * ping_interval)
+    return {
+        "usage_stats": {"disabled": True},
+        "log": {"level": "warn"},
+        "http_server": {"address": "127.0.0.1", "port": port},
+        "http_api": {"key": secrets.token_urlsafe(24)},  # not used: publishing goes through clients
+        "client": {
+            "token": {"hmac_secret_key": hmac_secret},
+            "ping_interval": f"{round(ping_interval * 1000)}ms",
+            "pong_timeout": f"{round(pong_timeout * 1000)}ms",
+        },
+        "channel": {
+            "without_namespace": {
+                "allow_subscribe_for_client": True,
+                "allow_publish_for_client": True,
+                "allow_presence_for_subscriber": True,
+                "allow_history_for_subscriber": True,
+                "presence": True,
+                "history_size": 100,
+                "history_ttl": "300s",
+            },
+        },
+    }
+
+
+def start_centrifugo(work: Workdir, ping_interval: float = 20.0) -> Target:
+    """(e) Centrifugo, the peer, from the install script's build, with a generated config and secret."""
+    import jwt
+    import yaml
+
+    binary = which("centrifugo")
+    if binary is None:
+        from stack.tools import not_found_message
+
+        raise RuntimeError(not_found_message(["centrifugo"]))
+    port = free_port()
+    secret = secrets.token_urlsafe(32)
+    path = work.path / "centrifugo.yaml"
+    path.write_text(yaml.safe_dump(centrifugo_config(port, secret, ping_interval), sort_keys=True))
+    path.chmod(0o600)  # it holds the secret (the work directory is private too)
+    process = work.start("centrifugo", [binary, "--config", str(path)])
+    process.wait_for_port(port)
+    # Centrifugo only warns about a key it does not know (at startup, before it listens): a typo
+    # would silently leave a default in place (usage stats sent, no history), so refuse it here.
+    unknown = re.findall(r'"key":"([^"]+)"[^\n]*unknown key in configuration', process.log_path.read_text())
+    if unknown:
+        raise RuntimeError(f"centrifugo does not know these keys of {path}: {', '.join(unknown)}")
+    version = subprocess.run([binary, "version"], capture_output=True, text=True, timeout=30).stdout.split()
+    token = jwt.encode({"sub": "bench", "exp": int(time.time()) + 6 * 3600}, secret, algorithm="HS256")
+    return Target("e", " ".join(version[:2]) or "centrifugo", process, port, protocol=wsclient.CENTRIFUGO,
+                  path="/connection/websocket", token=token)
+
+
 TARGETS = {
     "a": lambda work, **kw: start_baseline(work, **kw),
     "b": lambda work, **kw: start_instrumented(work, "b", telemetry=False, **kw),
     "c": lambda work, **kw: start_instrumented(work, "c", collector=True, **kw),
     "d": lambda work, **kw: start_instrumented(work, "d", collector=True, redis=True, **kw),
+    "e": lambda work, **kw: start_centrifugo(work, **kw),
 }
 
 
@@ -368,7 +442,9 @@ class ClientPool:
             # One open per worker: ``channels`` lists the channel of each connection it opens.
             requests.append(self._ask(proc, {"cmd": "open", "host": "127.0.0.1", "port": target.port,
                                              "count": len(channels), "channels": channels, "headers": target.headers,
-                                             "latency_every": latency_every, "concurrency": concurrency}))
+                                             "latency_every": latency_every, "concurrency": concurrency,
+                                             "protocol": target.protocol, "path": target.path,
+                                             "token": target.token}))
         replies = await asyncio.gather(*requests)
         opened = sum(r["opened"] for r in replies)
         failed: dict[str, int] = {}
@@ -428,7 +504,11 @@ class ClientPool:
 
 class Publisher:
     """Publishing connections in the driver process. A burst is split over them round-robin and
-    written to each in one write, back to back, so the server reads it all in one loop iteration."""
+    written to each in one write, back to back, so the server reads it all in one loop iteration.
+
+    Centrifugo is published to the same way: a client-side ``publish`` command on an authenticated
+    WebSocket connection, answered once the broker (its memory engine, with history) has it, as
+    instrumented_server's ``publish`` is (docs/performance.md says why not its server API)."""
 
     def __init__(self, pad: int = 100, connections: int = 1) -> None:
         self.pad = "x" * pad
@@ -437,6 +517,7 @@ class Publisher:
         self.acks = 0
         self.errors: dict[str, int] = {}
         self.connections: list[wsclient.RawConnection] = []
+        self.centrifugo = False
         self._ack_event = asyncio.Event()
         self._ack_target = 0
 
@@ -453,14 +534,41 @@ class Publisher:
         if self.acks >= self._ack_target:
             self._ack_event.set()
 
+    def _on_centrifugo_control(self, payload: bytes) -> None:
+        """Centrifugo batches replies into one frame, one a line: ``{"id":N,"publish":{}}`` or an error."""
+        for line in payload.split(b"\n"):
+            head = line[:32]
+            if b'"publish"' in head:
+                self.acks += 1
+            elif b'"error"' in head:
+                self.acks += 1
+                code = str(json.loads(line).get("error", {}).get("code", "?"))
+                self.errors[code] = self.errors.get(code, 0) + 1
+        if self.acks >= self._ack_target:
+            self._ack_event.set()
+
     async def connect(self, target: Target) -> "Publisher":
+        self.centrifugo = target.protocol == wsclient.CENTRIFUGO
         for _ in range(self.count):
-            self.connections.append(await wsclient.connect("127.0.0.1", target.port, "/", target.headers,
-                                                           on_control=self._on_control))
+            if self.centrifugo:
+                commander = wsclient.CentrifugoCommander()
+                connection = await wsclient.connect("127.0.0.1", target.port, target.path, target.headers,
+                                                    on_control=commander.on_control, centrifugo=True)
+                await commander.request(connection, "connect", {"token": target.token or ""})
+                connection.on_control = self._on_centrifugo_control
+            else:
+                connection = await wsclient.connect("127.0.0.1", target.port, target.path, target.headers,
+                                                    on_control=self._on_control)
+            self.connections.append(connection)
         return self
 
     def burst(self, channel: str, count: int) -> None:
-        frames = [wsclient.publish_frame(channel, self.sent + i, self.pad, f"p{self.sent + i}") for i in range(count)]
+        if self.centrifugo:  # command ids after the connect command's
+            frames = [wsclient.centrifugo_publish_frame(channel, self.sent + i, self.pad, self.sent + i + 2)
+                      for i in range(count)]
+        else:
+            frames = [wsclient.publish_frame(channel, self.sent + i, self.pad, f"p{self.sent + i}")
+                      for i in range(count)]
         for index, connection in enumerate(self.connections):
             mine = frames[index::self.count]
             if mine:

@@ -1,10 +1,10 @@
-"""Latency and capacity: publish→deliver latency at 1,000 subscribers, bare baseline against instrumented.
+"""Latency and capacity: publish→deliver latency at 1,000 subscribers, bare baseline and Centrifugo against instrumented.
 
     python bench/latency.py            # full run (2 to 4 minutes)
     python bench/latency.py --quick    # 50 subscribers, short steps, for CI
 
-For (a) the bare baseline and (c) instrumented_server exporting spans and logs to a running
-otelcol: first a fixed offered rate (100 publishes/s into one channel of 1,000 subscribers), then
+For (a) the bare baseline, (c) instrumented_server exporting spans and logs to a running
+otelcol and (e) Centrifugo (client-side publish): first a fixed offered rate (100 publishes/s into one channel of 1,000 subscribers), then
 a rising rate (x1.41 per step, each starting with no backlog) until the server no longer keeps
 up. The publisher sends on a schedule (open loop: it does not wait for acks), with its send time
 (`time.time()`) as the first key of each payload; the subscribers, in separate client processes
@@ -129,7 +129,7 @@ async def bench_target(key: str, args: argparse.Namespace) -> tuple[Step, list[S
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="50 subscribers, short steps (CI smoke run)")
-    parser.add_argument("--targets", default="ac", help="which servers (default a and c)")
+    parser.add_argument("--targets", default="ace", help="which servers (default a, c and e)")
     parser.add_argument("--subscribers", type=int, help="subscribers of the one channel (default 1000; quick 50)")
     parser.add_argument("--rate", type=float, default=100.0, help="fixed offered publishes per second")
     parser.add_argument("--start-rate", type=float, help="first rate of the rising series (default 2.5; quick 10)")
@@ -154,7 +154,7 @@ def main(argv: list[str] | None = None) -> int:
             skipped[key] = str(exc).splitlines()[0]
             log(f"[{key}] skipped: {exc}")
 
-    labels = {"a": "a bare", "b": "b no-telemetry", "c": "c otelcol", "d": "d otelcol+redis"}
+    labels = harness.LABELS
     harness.print_table(
         f"Rising rate x1.41 per step, {args.subscribers} subscribers (ms; up to the first step that does not keep up)",
         ["server", "publishes/s", "deliveries/s", "p50", "p95", "p99", "max", "missing", "server %",
@@ -162,11 +162,17 @@ def main(argv: list[str] | None = None) -> int:
         [(labels[s.key], s.rate, s.achieved, s.p50, s.p95, s.p99, s.max, s.missing, s.server_percent, s.client_max)
          for key in results for s in results[key][1]])
 
+    def p99_ratio(key: str, base_key: str) -> str | None:
+        fixed, base = results[key][0], results.get(base_key, (None,))[0]
+        return f"{fixed.p99 / base.p99:.2f}x" if base and base.p99 and fixed.p99 is not None else None
+
     harness.print_table(
-        f"Fixed rate: {args.rate:g} publishes/s into one channel of {args.subscribers} subscribers (ms)",
-        ["server", "p50", "p95", "p99", "max", "missing", "samples", "server %", "busiest client %"],
-        [(labels[k], f.p50, f.p95, f.p99, f.max, f.missing, f.samples, f.server_percent, f.client_max)
-         for k, (f, _) in results.items()])
+        f"Fixed rate: {args.rate:g} publishes/s into one channel of {args.subscribers} subscribers (ms; "
+        "p99 ratios against (a) bare and (e) Centrifugo)",
+        ["server", "p50", "p95", "p99", "max", "missing", "samples", "server %", "busiest client %", "p99 vs a",
+         "p99 vs e"],
+        [(labels[k], f.p50, f.p95, f.p99, f.max, f.missing, f.samples, f.server_percent, f.client_max,
+          p99_ratio(k, "a"), p99_ratio(k, "e")) for k, (f, _) in results.items()])
 
     capacity: dict[str, tuple[Step | None, Step | None, bool, bool]] = {}
     rows = []
@@ -186,14 +192,18 @@ def main(argv: list[str] | None = None) -> int:
         f"highest it kept up with (p99 <= {SUSTAINED_P99_MS / 1000:g} s, nothing missing)",
         ["server", "p99<=25ms: publishes/s", "p99 ms", "kept up: publishes/s", "p99 ms", "busiest client %",
          "client-bound"], rows)
-    if "a" in capacity and "c" in capacity:
+    for key, base_key in (("c", "a"), ("c", "e"), ("a", "e")):
+        if key not in capacity or base_key not in capacity:
+            continue
         for index, what in ((0, f"p99 <= {P99_LIMIT_MS:g} ms"), (1, "kept up")):
-            a, c = capacity["a"][index], capacity["c"][index]
-            if a and c:
-                print(f"capacity ratio c/a ({what}): {c.rate / a.rate:.1f}x")
+            mine, base = capacity[key][index], capacity[base_key][index]
+            at_least = capacity[key][index + 2] or capacity[base_key][index + 2]  # a series that never failed
+            if mine and base:
+                print(f"capacity ratio {key}/{base_key} ({what}): {mine.rate / base.rate:.1f}x"
+                      + (" (a series ended before failing: a bound, not a ratio)" if at_least else ""))
             else:
-                print(f"capacity ratio c/a ({what}): not measured (a: {_rate(a, False, args.start_rate)}, "
-                      f"c: {_rate(c, False, args.start_rate)})")
+                print(f"capacity ratio {key}/{base_key} ({what}): not measured ({base_key}: "
+                      f"{_rate(base, False, args.start_rate)}, {key}: {_rate(mine, False, args.start_rate)})")
     for key, reason in skipped.items():
         print(f"({key}) not measured: {reason}")
     print(f"latency read by every {args.latency_every}th subscriber; {args.workers} receiving client processes "

@@ -7,11 +7,16 @@ text frame that carries a publication (one with the payload's ``"ts":`` key), re
 timestamp with two ``bytes.find`` calls instead of a JSON parse, answers pings, and hands every
 other frame (acks, errors) to a callback. It drives the bare baseline server and
 ``instrumented_server`` alike: both speak the ``{"type", "payload", "metadata"}`` protocol.
+It also speaks as much of Centrifugo's JSON protocol (``protocol: "centrifugo"``) as the
+benchmarks need: ``{"id": N, "connect": {"token": JWT}}`` and ``subscribe`` commands answered by
+id, publications pushed as ``{"push": {"channel", "pub": {"data"}}}``, several replies and pushes
+in one frame (one JSON object a line), and ``{}`` pings answered with ``{}``.
 
 Run as a worker process (``python bench/wsclient.py --worker SLOT --counters FILE``), it takes
 JSON commands on stdin, one per line, and answers one JSON line each on stdout:
 
-    {"cmd": "open", "port": P, "count": N, "channels": [...], "headers": {...}, "latency_every": K}
+    {"cmd": "open", "port": P, "count": N, "channels": [...], "headers": {...}, "latency_every": K,
+     "protocol": "obsgen" | "centrifugo", "path": "/", "token": JWT}
     {"cmd": "stats"}            deliveries, latency histogram, closes, own CPU
     {"cmd": "reset"}            clear the latency histogram
     {"cmd": "close"}            close every connection (close frame, then TCP)
@@ -38,6 +43,9 @@ import time
 from typing import Any, Callable
 
 TS_MARKER = b'"ts":'
+OBSGEN = "obsgen"  # the {"type", "payload", "metadata"} protocol of instrumented_server and the baseline
+CENTRIFUGO = "centrifugo"  # Centrifugo's JSON protocol (client protocol v2)
+CENTRIFUGO_PING = b"{}"  # an empty command: a ping from the server, and the pong a client sends back
 ZERO_MASK = b"\x00\x00\x00\x00"
 HANDSHAKE_LIMIT = 64 * 1024
 
@@ -69,6 +77,23 @@ def publish_frame(channel: str, seq: int, pad: str, message_id: str) -> bytes:
     body = (f'{{"type":"publish","payload":{{"channel":{json.dumps(channel)},"data":'
             f'{{"ts":{time.time():.6f},"seq":{seq},"pad":"{pad}"}}}},"metadata":{{"message_id":"{message_id}"}}}}')
     return client_frame(body.encode())
+
+
+def centrifugo_command(command_id: int, method: str, params: dict[str, Any]) -> bytes:
+    return json.dumps({"id": command_id, method: params}, separators=(",", ":")).encode()
+
+
+def centrifugo_publish_frame(channel: str, seq: int, pad: str, command_id: int) -> bytes:
+    """Centrifugo's client-side publish, with the same ``data`` (send time first) as ``publish_frame``."""
+    body = (f'{{"id":{command_id},"publish":{{"channel":{json.dumps(channel)},"data":'
+            f'{{"ts":{time.time():.6f},"seq":{seq},"pad":"{pad}"}}}}}}')
+    return client_frame(body.encode())
+
+
+def has_centrifugo_ping(buf: bytes, start: int, end: int) -> bool:
+    """A ``{}`` line in the frame ``buf[start:end]`` (alone, or batched with pushes and replies)."""
+    return ((end - start == 2 and buf[start:end] == CENTRIFUGO_PING) or buf.startswith(b"{}\n", start, end)
+            or buf.find(b"\n{}", start, end) >= 0)
 
 
 # ------------------------------------------------------------------------------------- latency
@@ -125,8 +150,10 @@ class RawConnection(asyncio.Protocol):
     """One client connection: the upgrade by hand, then frame headers walked per read."""
 
     def __init__(self, request: bytes, on_deliveries: Callable[[int], None] | None = None,
-                 histogram: Histogram | None = None, on_control: Callable[[bytes], None] | None = None) -> None:
+                 histogram: Histogram | None = None, on_control: Callable[[bytes], None] | None = None,
+                 centrifugo: bool = False) -> None:
         self.request = request
+        self.centrifugo = centrifugo  # answer {} pings; a frame may batch several publications
         self.on_deliveries = on_deliveries
         self.histogram = histogram  # None: count deliveries without reading their timestamps
         self.on_control = on_control
@@ -208,12 +235,24 @@ class RawConnection(asyncio.Protocol):
             if opcode == 0x1:
                 at = buf.find(TS_MARKER, start, end)
                 if at >= 0:
-                    deliveries += 1
-                    if histogram is not None:
-                        at += 5
-                        histogram.add(max(0.0, now - float(buf[at:buf.find(b",", at, end)])))
+                    if not self.centrifugo:  # one publication per frame from our servers
+                        deliveries += 1
+                        if histogram is not None:
+                            at += 5
+                            histogram.add(max(0.0, now - float(buf[at:buf.find(b",", at, end)])))
+                    # Centrifugo batches the pushes due to a connection into one frame, one per line.
+                    elif histogram is None:
+                        deliveries += buf.count(TS_MARKER, at, end)
+                    else:
+                        while at >= 0:
+                            deliveries += 1
+                            at += 5
+                            histogram.add(max(0.0, now - float(buf[at:buf.find(b",", at, end)])))
+                            at = buf.find(TS_MARKER, at, end)
                 elif self.on_control is not None:
                     self.on_control(buf[start:end])
+                if self.centrifugo and has_centrifugo_ping(buf, start, end):
+                    self.transport.write(client_frame(CENTRIFUGO_PING))  # type: ignore[union-attr]
             elif opcode == 0x9:  # heartbeat: answer with the same payload
                 self.transport.write(client_frame(buf[start:end], 0xA))  # type: ignore[union-attr]
             elif opcode == 0x8:
@@ -321,6 +360,42 @@ class Commander:
         return event
 
 
+class CentrifugoCommander:
+    """Centrifugo commands on one connection, their replies matched by ``id`` (one JSON object a line)."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self.seq = 0
+
+    def on_control(self, payload: bytes) -> None:
+        for line in payload.split(b"\n"):
+            if not line or line == CENTRIFUGO_PING:
+                continue
+            event = json.loads(line)
+            future = self.waiting.pop(event.get("id", 0), None)
+            if future is not None and not future.done():
+                future.set_result(event)
+
+    async def request(self, connection: RawConnection, method: str, params: dict[str, Any],
+                      timeout: float = 30.0) -> dict[str, Any]:
+        self.seq += 1
+        future = asyncio.get_running_loop().create_future()
+        self.waiting[self.seq] = future
+        connection.send(centrifugo_command(self.seq, method, params))
+        closed = asyncio.shield(connection.closed)  # Centrifugo refuses a bad token by closing (code 3500)
+        try:
+            await asyncio.wait_for(asyncio.wait({future, closed}, return_when=asyncio.FIRST_COMPLETED), timeout)
+        finally:
+            self.waiting.pop(self.seq, None)
+        if not future.done():
+            future.cancel()
+            raise RuntimeError(f"{method} refused: connection closed with code {connection.closed.result()}")
+        event = future.result()
+        if "error" in event:
+            raise RuntimeError(f"{method} refused: {event['error']}")
+        return event
+
+
 # ------------------------------------------------------------------------------------- worker
 
 
@@ -344,20 +419,26 @@ class Worker:
             struct.pack_into("q", self.counter_map, 8 * self.slot, self.delivered)
 
     async def open(self, host: str, port: int, count: int, channels: list[str], headers: dict[str, str],
-                   latency_every: int = 0, concurrency: int = 64, path: str = "/") -> dict[str, Any]:
-        """``count`` connections, connection i subscribed to ``channels[i % len]`` (none if empty)."""
+                   latency_every: int = 0, concurrency: int = 64, path: str = "/", protocol: str = OBSGEN,
+                   token: str | None = None) -> dict[str, Any]:
+        """``count`` connections, connection i subscribed to ``channels[i % len]`` (none if empty).
+        Centrifugo: the connect command carries ``token`` (its WebSocket upgrade takes no credentials)."""
         gate = asyncio.Semaphore(concurrency)
         opened = 0
         failed: dict[str, int] = {}
+        centrifugo = protocol == CENTRIFUGO
 
         async def one(index: int) -> None:
             nonlocal opened
-            commander = Commander()
+            commander: Commander | CentrifugoCommander = CentrifugoCommander() if centrifugo else Commander()
             histogram = self.histogram if latency_every and index % latency_every == 0 else None
             async with gate:
                 try:
                     connection = await connect(host, port, path, headers, on_deliveries=self.count,
-                                               histogram=histogram, on_control=commander.on_control)
+                                               histogram=histogram, on_control=commander.on_control,
+                                               centrifugo=centrifugo)
+                    if centrifugo:
+                        await commander.request(connection, "connect", {"token": token or ""})
                     if channels:
                         await commander.request(connection, "subscribe", {"channel": channels[index % len(channels)]})
                 except Exception as exc:  # the failure is the result: counted and reported

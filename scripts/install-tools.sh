@@ -6,6 +6,7 @@
 #   go get -tool      jaeger, pint, docker-compose (Compose v5), each in a throwaway module
 #                     (their go.mod has replace directives, which `go install` refuses)
 #   go build          k8s-check, this repository's checker of Prometheus Operator objects (tools/k8s-check)
+#   go install        centrifugo, the peer server bench/ compares with (no part of a rendered stack)
 # Versions come from stack/data/versions.yaml (`native:`), stamped into the binaries with -ldflags -X.
 #
 # Everything lives outside the checkout, so every clone, CI run and second checkout reuses it:
@@ -92,7 +93,7 @@ if problems:
     sys.exit(f"{sys.argv[1]}:\n  " + "\n  ".join(problems))
 PY
 )
-for tool in otelcol prometheus promtool jaeger amtool alertmanager pint docker-compose k8s-check; do
+for tool in otelcol prometheus promtool jaeger amtool alertmanager pint docker-compose k8s-check centrifugo; do
   [[ -n ${VERSION[$tool]:-} ]] || die "$VERSIONS has no native.$tool"
 done
 COLLECTOR_VERSION=${VERSION[otelcol]}
@@ -191,6 +192,7 @@ declare -A VERSION_ARGS=(
   [otelcol]=--version [prometheus]=--version [promtool]=--version [amtool]=--version
   [alertmanager]=--version [jaeger]=version [pint]=version [docker-compose]="version --short"
   [k8s-check]=--version
+  [centrifugo]=version
 )
 binary_ok() {  # NAME: $BIN/NAME reports VERSION[NAME]
   # shellcheck disable=SC2086  # VERSION_ARGS holds words
@@ -399,6 +401,16 @@ k8s_check_build() {
 SOURCE="go build tools/k8s-check ($KC_MOD v${VERSION[k8s-check]})"
 KC_HASH=$(cd "$KC_DIR" && cat go.mod go.sum ./*.go | sha256sum | cut -c1-16)
 cached_step k8s-check "$SOURCE | source:$KC_HASH | $KC_LDFLAGS | $GO_VERSION" k8s_check_build k8s-check
+
+# ---------------------------------------------------------------------------------------------
+# 6. go install: Centrifugo, the peer server bench/ runs side by side (version stamped as its
+#    release builds do; without it `centrifugo version` says 0.0.0)
+# ---------------------------------------------------------------------------------------------
+CF_MOD=github.com/centrifugal/centrifugo/v6
+CF_LDFLAGS="-s -w -X $CF_MOD/internal/build.Version=${VERSION[centrifugo]}"
+centrifugo_build() { go_install_recipe "$CF_LDFLAGS" centrifugo=centrifugo -- "$CF_MOD@${MODULE_VERSION[centrifugo]}"; }
+SOURCE="go install $CF_MOD@${MODULE_VERSION[centrifugo]}"
+cached_step centrifugo "$SOURCE | $CF_LDFLAGS | $GO_VERSION" centrifugo_build centrifugo
 
 # Debian tools, for the table.
 add_row redis-server "$(deb_version redis-server)" "debian" "$(command -v redis-server || echo -)" "-"

@@ -7,6 +7,10 @@
 // carries a publication (one with the payload's "ts": key), reads the sender's timestamp on
 // every --latency-every-th connection, answers pings, and echoes a close.
 //
+// With "protocol": "centrifugo" in the open command it speaks Centrifugo's JSON protocol instead:
+// a connect command carrying the JWT, then a subscribe, each answered by id; publications pushed
+// several to a frame (one JSON object a line, each counted); {} pings answered with {}.
+//
 //	go build -o .cache/bench/wsclient-go ./bench/goclient    (bench/harness.py does this itself)
 package main
 
@@ -33,7 +37,12 @@ import (
 	"unsafe"
 )
 
-var tsMarker = []byte(`"ts":`)
+var (
+	tsMarker       = []byte(`"ts":`)
+	centrifugoPing = []byte(`{}`) // an empty command: the server's ping, and the client's pong
+)
+
+const protocolCentrifugo = "centrifugo"
 
 const (
 	histFloor = 1e-6
@@ -95,7 +104,51 @@ type conn struct {
 	closeSent atomic.Bool
 	closeCode atomic.Int32
 	latency   bool
+	centri    bool // Centrifugo's protocol: answer {} pings
 	done      chan struct{}
+}
+
+// hasCentrifugoPing: a {} line in a text frame (alone, or batched with pushes and replies).
+func hasCentrifugoPing(payload []byte) bool {
+	return bytes.Equal(payload, centrifugoPing) || bytes.HasPrefix(payload, []byte("{}\n")) ||
+		bytes.Contains(payload, []byte("\n{}"))
+}
+
+// centrifugoRequest sends one Centrifugo command and reads frames until the reply with its id.
+func (c *conn) centrifugoRequest(id uint32, method string, params any) error {
+	cmd, _ := json.Marshal(map[string]any{"id": id, method: params})
+	if err := c.write(clientFrame(0x1, cmd)); err != nil {
+		return err
+	}
+	buf := make([]byte, 4096)
+	for {
+		op, payload, err := c.readFrame(buf)
+		if err != nil {
+			return err
+		}
+		if op != 0x1 {
+			continue
+		}
+		for _, line := range bytes.Split(payload, []byte("\n")) {
+			if len(line) == 0 || bytes.Equal(line, centrifugoPing) {
+				continue
+			}
+			var reply struct {
+				ID    uint32          `json:"id"`
+				Error json.RawMessage `json:"error"`
+			}
+			if err := json.Unmarshal(line, &reply); err != nil {
+				return fmt.Errorf("RuntimeError: bad reply to %s: %.80s", method, line)
+			}
+			if reply.ID != id {
+				continue
+			}
+			if reply.Error != nil {
+				return fmt.Errorf("RuntimeError: %s refused: %s", method, reply.Error)
+			}
+			return nil
+		}
+	}
 }
 
 func (c *conn) write(b []byte) error {
@@ -160,6 +213,8 @@ type openRequest struct {
 	Headers      map[string]string `json:"headers"`
 	LatencyEvery int               `json:"latency_every"`
 	Concurrency  int               `json:"concurrency"`
+	Protocol     string            `json:"protocol"` // "obsgen" (default) or "centrifugo"
+	Token        string            `json:"token"`    // Centrifugo: the JWT sent in the connect command
 }
 
 func (w *worker) dial(req *openRequest, channel string, latency bool) (*conn, error) {
@@ -182,7 +237,8 @@ func (w *worker) dial(req *openRequest, channel string, latency bool) (*conn, er
 		fmt.Fprintf(&request, "%s: %s\r\n", name, value)
 	}
 	request.WriteString("\r\n")
-	c := &conn{nc: nc, rd: bufio.NewReaderSize(nc, 64*1024), latency: latency, done: make(chan struct{})}
+	c := &conn{nc: nc, rd: bufio.NewReaderSize(nc, 64*1024), latency: latency, done: make(chan struct{}),
+		centri: req.Protocol == protocolCentrifugo}
 	fail := func(err error) (*conn, error) { nc.Close(); return nil, err }
 	if _, err := nc.Write([]byte(request.String())); err != nil {
 		return fail(err)
@@ -204,7 +260,16 @@ func (w *worker) dial(req *openRequest, channel string, latency bool) (*conn, er
 		}
 	}
 	c.open.Store(true)
-	if channel != "" {
+	if c.centri {
+		if err := c.centrifugoRequest(1, "connect", map[string]string{"token": req.Token}); err != nil {
+			return fail(err)
+		}
+		if channel != "" {
+			if err := c.centrifugoRequest(2, "subscribe", map[string]string{"channel": channel}); err != nil {
+				return fail(err)
+			}
+		}
+	} else if channel != "" {
 		cmd, _ := json.Marshal(map[string]any{"type": "subscribe", "payload": map[string]string{"channel": channel},
 			"metadata": map[string]string{"message_id": "s1"}})
 		if err := c.write(clientFrame(0x1, cmd)); err != nil {
@@ -255,20 +320,34 @@ func (w *worker) read(c *conn) {
 		}
 		switch op {
 		case 0x1:
-			at := bytes.Index(payload, tsMarker)
-			if at < 0 {
-				continue
+			if c.centri && hasCentrifugoPing(payload) {
+				c.write(clientFrame(0x1, centrifugoPing))
 			}
-			w.count(1)
+			// One publication per frame from instrumented_server and the baseline; Centrifugo
+			// batches the pushes due to a connection into one frame, one per line: count each.
+			var now float64
 			if c.latency {
-				rest := payload[at+len(tsMarker):]
-				end := bytes.IndexByte(rest, ',')
-				if end > 0 {
-					if sent, err := strconv.ParseFloat(string(rest[:end]), 64); err == nil {
-						now := float64(time.Now().UnixNano()) / 1e9
-						samples = append(samples, math.Max(0, now-sent))
+				now = float64(time.Now().UnixNano()) / 1e9
+			}
+			var n int64
+			for rest := payload; ; {
+				at := bytes.Index(rest, tsMarker)
+				if at < 0 {
+					break
+				}
+				n++
+				rest = rest[at+len(tsMarker):]
+				if c.latency {
+					end := bytes.IndexByte(rest, ',')
+					if end > 0 {
+						if sent, err := strconv.ParseFloat(string(rest[:end]), 64); err == nil {
+							samples = append(samples, math.Max(0, now-sent))
+						}
 					}
 				}
+			}
+			if n > 0 {
+				w.count(n)
 			}
 		case 0x9:
 			c.write(clientFrame(0xA, payload))

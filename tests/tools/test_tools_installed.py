@@ -31,9 +31,11 @@ GO_MODULES = {
     "pint": "github.com/cloudflare/pint",
     "docker-compose": "github.com/docker/compose/v5",
     "k8s-check": "github.com/prometheus-operator/prometheus-operator/pkg/apis/monitoring",
+    "centrifugo": "github.com/centrifugal/centrifugo/v6",
 }
 # How each binary prints its version (stack/check.py asks the same way).
-VERSION_ARGS = {"jaeger": ["version"], "pint": ["version"], "docker-compose": ["version", "--short"]}
+VERSION_ARGS = {"jaeger": ["version"], "pint": ["version"], "docker-compose": ["version", "--short"],
+                "centrifugo": ["version"]}
 # The component names obsgen's rendered collector configs use, by kind.
 EXPECTED_COMPONENTS = {
     "receivers": ["otlp"],
@@ -87,7 +89,7 @@ def go_module_version(binary: Path, module: str) -> str:
 
 def test_native_builds_run_the_pinned_image_versions_except_where_versions_yaml_says():
     assert set(NATIVE) == {"otelcol", "prometheus", "promtool", "jaeger", "amtool", "alertmanager", "pint",
-                           "docker-compose", "k8s-check"}
+                           "docker-compose", "k8s-check", "centrifugo"}  # centrifugo: the peer bench/ measures
     pins = pinned_versions()
     # The tests run exactly what compose runs for these ...
     for name, component in [("otelcol", "collector"), ("prometheus", "prometheus"), ("promtool", "prometheus"),
