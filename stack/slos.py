@@ -33,6 +33,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 from decimal import Decimal
+from functools import lru_cache
 from typing import Callable, Literal
 
 from alerts.pack import BurnAlert, SLOSettings, load_slo_settings, slo_alert_names
@@ -94,7 +95,12 @@ def slo_selector(slo: SLO) -> str:
 
 def sorted_windows() -> list[str]:
     """The burn-rate windows, shortest first."""
-    return sorted(settings().windows, key=parse_duration)
+    return list(_sorted_windows(settings().windows))
+
+
+@lru_cache(maxsize=4)
+def _sorted_windows(windows: tuple[str, ...]) -> tuple[str, ...]:
+    return tuple(sorted(windows, key=parse_duration))
 
 
 def windows_for(slo: SLO) -> tuple[list[str], str | None]:
@@ -315,8 +321,20 @@ class Detection:
     cadence's evaluation interval. States: True (surely firing), False (surely not), None.
     """
 
+    @classmethod
+    def of(cls, slo: SLO, plan_: Plan, cadence: Cadence, profile: Profile) -> "Detection":
+        """A shared instance: every SLO with the same window behaves the same (the model depends
+        on the factors and windows only), so many SLOs cost one model and its memos."""
+        key = (slo.window, plan_.windows, plan_.evaluation_interval, cadence, profile)
+        if key not in _DETECTIONS:
+            if len(_DETECTIONS) > 4096:
+                _DETECTIONS.clear()
+            _DETECTIONS[key] = cls(slo, plan_, cadence, profile)
+        return _DETECTIONS[key]
+
     def __init__(self, slo: SLO, plan_: Plan, cadence: Cadence, profile: Profile):
         self.slo, self.plan, self.cadence, self.profile = slo, plan_, cadence, profile
+        self.searches: dict[tuple, Times] = {}
         self.windows = {w.duration: window_model(w, cadence) for w in plan_.windows}
         self.conditions = {alert: [(w.long, w.short, float(w.factor)) for w in burn_windows(slo) if w.alert == alert]
                            for alert in ("page", "ticket")}
@@ -414,8 +432,18 @@ class Times:
     by: float | None
 
 
+_DETECTIONS: dict[tuple, Detection] = {}
+
+
 def time_to_fire(detection: Detection, alert: str, start: float, horizon: float) -> Times:
     """After the burn changes at ``start`` (from healthy to a steady burn), when ``alert`` fires."""
+    key = ("fire", alert, start, horizon)
+    if key not in detection.searches:
+        detection.searches[key] = _time_to_fire(detection, alert, start, horizon)
+    return detection.searches[key]
+
+
+def _time_to_fire(detection: Detection, alert: str, start: float, horizon: float) -> Times:
     possible = detection.first(lambda t: detection.firing(alert, t) is not False, start, start + horizon)
     sure = detection.first(lambda t: detection.firing(alert, t) is True, start, start + horizon)
     return Times(None if possible is None else possible - start, None if sure is None else sure - start)
@@ -423,6 +451,13 @@ def time_to_fire(detection: Detection, alert: str, start: float, horizon: float)
 
 def time_to_resolve(detection: Detection, alert: str, stop: float, horizon: float) -> Times:
     """After the errors stop at ``stop``, when ``alert`` (firing at ``stop``) stops firing."""
+    key = ("resolve", alert, stop, horizon)
+    if key not in detection.searches:
+        detection.searches[key] = _time_to_resolve(detection, alert, stop, horizon)
+    return detection.searches[key]
+
+
+def _time_to_resolve(detection: Detection, alert: str, stop: float, horizon: float) -> Times:
     possible = detection.first(lambda t: detection.firing(alert, t) is not True, stop, stop + horizon,
                                monotone=False)
     sure = detection.first(lambda t: detection.firing(alert, t) is False, stop, stop + horizon, monotone=False)
@@ -507,9 +542,11 @@ def samples_per_evaluation(expr: str, evaluation_interval: str, scrape_interval:
 
 def _minutes_text(seconds: float) -> str:
     whole = int(round(seconds))
-    hours, rest = divmod(whole, 3600)
+    days, rest = divmod(whole, 86400)
+    hours, rest = divmod(rest, 3600)
     mins, secs = divmod(rest, 60)
-    parts = [f"{hours}h" if hours else "", f"{mins}m" if mins else "", f"{secs}s" if secs else ""]
+    parts = [f"{days}d" if days else "", f"{hours}h" if hours else "", f"{mins}m" if mins else "",
+             f"{secs}s" if secs else ""]
     return "".join(parts) or "0s"
 
 

@@ -54,6 +54,7 @@ import math
 import re
 from dataclasses import dataclass, field
 from decimal import Decimal
+from functools import lru_cache
 from typing import Callable
 
 from alerts.pack import BurnAlert, load_slo_settings, slo_alert_names
@@ -407,10 +408,17 @@ def counter_values(per_minute: list[tuple[float, float]]) -> str:
         else:
             start, repeats = value + step, count - 1
         parts.append(f"{_float_text(start)}+{_float_text(step)}x{repeats}" if repeats else _float_text(start))
-        value = start
-        for _ in range(repeats):
-            value += step
+        value = _after(start, step, repeats)
     return " ".join(parts) if parts else "0"
+
+
+@lru_cache(maxsize=1024)
+def _after(start: float, step: float, repeats: int) -> float:
+    """``start`` plus ``step`` added ``repeats`` times, one at a time in float64, as promtool does."""
+    value = start
+    for _ in range(repeats):
+        value += step
+    return value
 
 
 @dataclass(frozen=True)
@@ -694,7 +702,7 @@ class DetectionCases:
     # -- helpers ---------------------------------------------------------------------
 
     def detection(self, cadence: slos.Cadence, changes: list[tuple[float, float]]) -> slos.Detection:
-        return slos.Detection(self.slo, self.plan, cadence, slos.Profile(tuple(changes)))
+        return slos.Detection.of(self.slo, self.plan, cadence, slos.Profile(tuple(changes)))
 
     def fired(self, alert: str, when: float) -> dict:
         rule = self.rules[alert]
