@@ -126,8 +126,8 @@ def service_rates(slo: SLO, window: str) -> tuple[str, str]:
     """PromQL for the SLO's (bad, all) events per second over ``window``, from the service's series.
 
     Bad is 0 where the error query selects nothing but the total query does (a labelled counter
-    that never counted); both are absent when the total query selects nothing. For a latency SLI
-    bad is absent when the threshold bucket is missing, so a wrong bound leaves the SLI absent.
+    that never counted); without the total's series every ratio is absent. For a latency SLI both
+    are absent when the threshold bucket is missing, so a wrong bound leaves the SLI absent.
     """
     if slo.events is not None:
         bad = slo.events.error_query.replace("$window", window)
@@ -755,17 +755,20 @@ class DetectionCases:
             _duration_text(end), (), interval=_duration_text(cadence.scrape), promql_checks=tuple(checks),
         )
 
-    def outage(self, cadence: slos.Cadence) -> AlertCase:
+    def outage(self, cadence: slos.Cadence) -> AlertCase | None:
         burn = 1 / self.budget
         probe = self.detection(cadence, [(0, 0.0)])
         history = slos.history_for(probe, "page", burn)
         model = self.detection(cadence, [(0, 0.0), (history, burn)])
-        fire = slos.time_to_fire(model, "page", history, 6 * 3600)
+        longest = max(parse_duration(c.long) for c in self.settings.page.conditions)
+        fire = slos.time_to_fire(model, "page", history, 6 * longest)
+        if fire.by is None:
+            return None  # so low an objective that even 100 % errors stay under every page factor
         stop = history + fire.by + cadence.evaluation
         after = self.detection(cadence, [(0, 0.0), (history, burn), (stop, 0.0)])
-        resolve = slos.time_to_resolve(after, "page", stop, 12 * 3600)
-        if fire.by is None or resolve.by is None:
-            raise AssertionError(f"{self.slo.name}: the model never fires or never resolves the page")
+        resolve = slos.time_to_resolve(after, "page", stop, 2 * longest)
+        if resolve.by is None:
+            raise AssertionError(f"{self.slo.name}: the model never resolves the page after an outage")
         end = stop + resolve.by
         checks = [self.fired("page", history + fire.by), self.resolved("page", end),
                   self.quiet(None, end, self.absent_name)]
@@ -782,9 +785,11 @@ class DetectionCases:
             _duration_text(end), (), interval=_duration_text(cadence.scrape), promql_checks=tuple(checks),
         )
 
-    def quiet_burn(self, cadence: slos.Cadence) -> AlertCase:
+    def quiet_burn(self, cadence: slos.Cadence) -> AlertCase | None:
         lowest = min(w.factor for w in slos.burn_windows(self.slo))
         burn = float(lowest * self.settings.quiet_burn)
+        if not self.possible(burn):
+            return None  # more errors than events: every factor is out of reach
         model = self.detection(cadence, [(0, burn)])
         longest = max((model.windows[d] for c in model.conditions.values() for long, short, _ in c
                        for d in (long, short)), key=lambda m: m.seconds)
@@ -839,14 +844,19 @@ class DetectionCases:
             self.near(f"{record(self.plan.slo_window.duration)}{selector}", ratio, settled, 0.01),
             self.near(f"{BUDGET_REMAINING}{selector}", remaining, settled, 0.01),
             self.near(f"{BUDGET_CONSUMED}{selector}", 1 - remaining, settled, 0.01),
+        ]
+        if remaining > 0.05:
             # When the data ends the last hour burns at the quiet hours' rate: the time left is what
             # remains over that burn (what remains then may still lack the last hour of data).
-            {"expr": f"abs({TIME_TO_EXHAUSTION}{selector} - {BUDGET_REMAINING}{selector} * "
-                     f"{number(self.plan.slo_window.seconds)} / {number(burn)}) <= bool 0.01 * "
-                     f"{TIME_TO_EXHAUSTION}{selector}",
-             "eval_time": _duration_text(end_of_data),
-             "exp_samples": [{"labels": f'{{slo="{self.slo.name}"}}', "value": 1}]},
-        ]
+            checks.append({
+                "expr": f"abs({TIME_TO_EXHAUSTION}{selector} - {BUDGET_REMAINING}{selector} * "
+                        f"{number(self.plan.slo_window.seconds)} / {number(burn)}) <= bool 0.01 * "
+                        f"{TIME_TO_EXHAUSTION}{selector}",
+                "eval_time": _duration_text(end_of_data),
+                "exp_samples": [{"labels": f'{{slo="{self.slo.name}"}}', "value": 1}]})
+        elif remaining < -0.05:  # spent: no time left
+            checks.append({"expr": f"{TIME_TO_EXHAUSTION}{selector}", "eval_time": _duration_text(end_of_data),
+                           "exp_samples": [{"labels": f'{TIME_TO_EXHAUSTION}{{slo="{self.slo.name}"}}', "value": 0}]})
         return AlertCase(
             f"{self.slo.name}: budget after 20h at 100/s with 0.05% errors then 4h at 1/s with 1% errors: "
             f"{number(round(remaining, 6))} left (bad/all over the window = {number(round(ratio, 9))})",
@@ -858,8 +868,8 @@ class DetectionCases:
         """(cases for the 1m file, cases for the 5m file); empty when the SLI cannot be driven."""
         if not self.traffic.drivable:
             return [], []
-        fast = [self.outage(DETECTION_CADENCE), self.zero_traffic()]
-        long = [self.quiet_burn(LONG_CADENCE)]
+        fast: list[AlertCase | None] = [self.outage(DETECTION_CADENCE), self.zero_traffic()]
+        long: list[AlertCase | None] = [self.quiet_burn(LONG_CADENCE)]
         for window in slos.burn_windows(self.slo):
             # Every minute while the burn takes at most an hour to show; every 5 minutes beyond.
             if window.alert == "page" and parse_duration(window.long) <= 3600:
