@@ -528,6 +528,12 @@ class LatencySLI(Model):
     )
     selector: str = Field("", description='Extra label matchers, e.g. job="checkout",handler="/pay".')
 
+    @field_validator("selector")
+    @classmethod
+    def _bare_matchers(cls, value: str) -> str:
+        # The rules append le=... to these matchers: no blank or trailing comma may be left over.
+        return value.strip().rstrip(",").rstrip()
+
     @model_validator(mode="after")
     def _histogram(self) -> "LatencySLI":
         from exporter.catalog import BY_NAME

@@ -356,6 +356,16 @@ def test_a_bad_latency_sli_exits_with_its_file_and_line(latency, path, message):
     assert issue.path.endswith(path) and message in issue.message
 
 
+@pytest.mark.parametrize("selector", [" ", 'type="publish", ', ' type="publish" '])
+def test_blank_or_trailing_commas_in_a_latency_selector_still_render_valid_promql(selector):
+    """The hardening fuzz found selector " " rendering {,le="0.1"}."""
+    import promql_parser
+
+    spec = make_spec([{"name": "lat", "objective": 99, "latency": {"threshold_seconds": 0.1, "selector": selector}}])
+    for rule in recording(spec, "lat")[0]["rules"][:2]:
+        promql_parser.parse(rule["expr"])
+
+
 def test_catalog_bounds_are_still_checked_and_any_bound_is_taken_for_other_histograms():
     with pytest.raises(ValidationError, match="not a bucket bound"):
         make_spec([{**OWN, "latency": {"threshold_seconds": 0.3}}])
