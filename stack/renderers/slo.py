@@ -721,7 +721,8 @@ class DetectionCases:
 
     def near(self, expr: str, value: float, when: float, tolerance: float) -> dict:
         """``expr`` within ``tolerance`` (relative) of ``value`` at ``when``."""
-        return {"expr": f"abs({expr} - {number(value)}) <= bool {number(abs(value) * tolerance)}",
+        value, margin = float(f"{value:.12g}"), float(f"{abs(value) * tolerance:.12g}")  # 0.0009, not 0.0009000000000000001
+        return {"expr": f"abs({expr} - {number(value)}) <= bool {number(margin)}",
                 "eval_time": _duration_text(when), "exp_samples": [{"labels": f'{{slo="{self.slo.name}"}}', "value": 1}]}
 
     def sli_reads(self, burn: float, when: float) -> dict:
