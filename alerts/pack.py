@@ -160,6 +160,10 @@ class SLOSettings:
     page: BurnAlert
     ticket: BurnAlert
     absent_for: str
+    sum_interval: str  # the interval of the group recording hourly sums
+    max_samples: int  # samples one ratio rule may read per evaluation from the recorded rates
+    test_burn: Decimal  # the generated tests burn at this many times each factor
+    quiet_burn: Decimal  # ... and check that this many times the lowest factor never fires
 
 
 # ---------------------------------------------------------------------------------------
@@ -487,16 +491,41 @@ def load_slo_settings() -> SLOSettings:
             conditions.append(BurnCondition(long, short, percent))
         return BurnAlert(name, _duration(f"alerts/slo.yaml alerts.{name}.for", entry.get("for")), tuple(conditions))
 
+    tests = raw.get("tests") or {}
+
+    def factor(key: str, low: str, high: str) -> Decimal:
+        value = tests.get(key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or not Decimal(low) < Decimal(str(value)) < Decimal(high):
+            raise PackError(f"alerts/slo.yaml tests.{key}: expected a number between {low} and {high}, not {value!r}")
+        return Decimal(str(value))
+
+    max_samples = raw.get("max_samples")
+    if isinstance(max_samples, bool) or not isinstance(max_samples, int) or max_samples < 100:
+        raise PackError(f"alerts/slo.yaml max_samples: expected a whole number of at least 100, not {max_samples!r}")
     settings = SLOSettings(
         windows=windows,
         min_slo_window=_duration("alerts/slo.yaml min_slo_window", raw.get("min_slo_window")),
         page=burn("page"),
         ticket=burn("ticket"),
         absent_for=_duration("alerts/slo.yaml absent_for", raw.get("absent_for")),
+        sum_interval=_duration("alerts/slo.yaml sum_interval", raw.get("sum_interval")),
+        max_samples=max_samples,
+        test_burn=factor("burn", "1", "2"),
+        quiet_burn=factor("quiet_burn", "0", "1"),
     )
-    longest = max(duration_seconds(w) for w in windows)
-    if duration_seconds(settings.min_slo_window) <= longest:
+    seconds = sorted(duration_seconds(w) for w in windows)
+    if duration_seconds(settings.min_slo_window) <= seconds[-1]:
         raise PackError("alerts/slo.yaml: min_slo_window must be longer than every alert window")
+    if len(set(seconds)) != len(seconds):
+        raise PackError("alerts/slo.yaml: windows repeat a duration")
+    # Every longer window is built from the shortest window's recorded rates; a window that is
+    # not a whole number of sum intervals could not be summed from the hourly sums exactly.
+    interval = duration_seconds(settings.sum_interval)
+    if not seconds[0] <= interval <= duration_seconds(settings.min_slo_window) or interval % seconds[0]:
+        raise PackError("alerts/slo.yaml: sum_interval must be a multiple of the shortest window, "
+                        "and no longer than min_slo_window")
+    if duration_seconds(settings.min_slo_window) % interval:
+        raise PackError("alerts/slo.yaml: min_slo_window must be a whole number of sum_interval")
     return settings
 
 

@@ -630,23 +630,50 @@ class EventsSLI(Model):
     total_query: WindowedPromQL = Field(description="All events per second, with [$window] as range.")
 
 
-class LatencySLI(Model):
-    """Latency SLI from a catalog histogram: requests slower than threshold are bad."""
+_METRIC_NAME = re.compile(r"^[a-zA-Z_:][a-zA-Z0-9_:]*$")
 
-    metric: str = Field("websocket_message_duration_seconds", description="A histogram from the metric catalog.")
-    threshold_seconds: float = Field(gt=0, description="Must be one of the histogram's bucket bounds.")
-    selector: str = Field("", description='Extra label matchers, e.g. type="publish".')
+
+class LatencySLI(Model):
+    """Latency SLI from a classic histogram: requests slower than ``threshold_seconds`` are bad.
+
+    Any histogram of any service: the metric catalog's (exporter/catalog.py), or a service's own,
+    such as http_request_duration_seconds with selector job="checkout". For a catalog histogram the
+    threshold must be one of its bucket bounds; for any other, a bound the histogram does not have
+    leaves the SLI absent at run time, and <Slo>SLIAbsent fires.
+    """
+
+    metric: str = Field(
+        "websocket_message_duration_seconds",
+        description="The histogram's name, without _bucket: a catalog histogram or a service's own "
+                    "(e.g. http_request_duration_seconds).",
+    )
+    threshold_seconds: float = Field(
+        gt=0, description="A bucket bound (le) of the histogram: requests slower than it are bad."
+    )
+    selector: str = Field("", description='Extra label matchers, e.g. job="checkout",handler="/pay".')
+
+    @field_validator("selector")
+    @classmethod
+    def _bare_matchers(cls, value: str) -> str:
+        # The rules append le=... to these matchers: no blank or trailing comma may be left over.
+        return value.strip().rstrip(",").rstrip()
 
     @model_validator(mode="after")
-    def _catalog_bucket(self) -> "LatencySLI":
+    def _histogram(self) -> "LatencySLI":
         from exporter.catalog import BY_NAME
 
-        histograms = sorted(name for name, m in BY_NAME.items() if m.type == "histogram")
+        if not _METRIC_NAME.match(self.metric):
+            raise KeyPathError([(("metric",), f"{self.metric!r} is not a metric name (letters, digits, _ and :)")])
+        suffix = next((s for s in ("_bucket", "_count", "_sum") if self.metric.endswith(s)), None)
+        if suffix and self.metric[: -len(suffix)] and BY_NAME.get(self.metric) is None:
+            raise KeyPathError([(("metric",), f"give the histogram's name without {suffix}: "
+                                              f"{self.metric[: -len(suffix)]!r}")])
         metric = BY_NAME.get(self.metric)
-        if metric is None or metric.type != "histogram":
-            raise KeyPathError([(("metric",), f"{self.metric!r} is not a histogram of the metric catalog; "
-                                              f"choose one of {', '.join(histograms)}")])
-        if self.threshold_seconds not in metric.buckets:
+        if metric is not None and metric.type != "histogram":
+            histograms = sorted(name for name, m in BY_NAME.items() if m.type == "histogram")
+            raise KeyPathError([(("metric",), f"{self.metric!r} is a {metric.type} of the metric catalog, not a "
+                                              f"histogram; its histograms are {', '.join(histograms)}")])
+        if metric is not None and self.threshold_seconds not in metric.buckets:
             bounds = ", ".join(f"{b:g}" for b in metric.buckets)
             raise KeyPathError([(("threshold_seconds",),
                                  f"{self.threshold_seconds:g} is not a bucket bound of {self.metric}: "
@@ -681,11 +708,16 @@ class SLO(Model):
     def _long_enough(self) -> "SLO":
         from alerts.pack import load_slo_settings  # the burn-rate windows are data (alerts/slo.yaml)
 
-        shortest = load_slo_settings().min_slo_window
+        settings = load_slo_settings()
+        shortest = settings.min_slo_window
         if parse_duration(self.window) < parse_duration(shortest):
             raise KeyPathError([(("window",), f"{self.window} is shorter than {shortest}: the burn-rate alerts "
                                               "look back up to 3d, so the SLO window must be at least "
                                               f"{shortest}")])
+        if parse_duration(self.window) % parse_duration(settings.sum_interval):
+            raise KeyPathError([(("window",), f"{self.window} is not a whole number of {settings.sum_interval}: the "
+                                              f"budget is summed from {settings.sum_interval} sums "
+                                              "(e.g. 7d, 28d, 30d, 90d)")])
         return self
 
 

@@ -4,12 +4,13 @@ Pure: ``render(spec, topology)`` returns
 
     prometheus/rules/websocket.yml      the WebSocket alert pack (alerts/pack.yaml, group websocket)
     prometheus/rules/stack.yml          self-monitoring of the stack (group stack)
-    prometheus/rules/slo-recording.yml  SLI error ratios per window (stack/renderers/slo.py)
-    prometheus/rules/slo-alerts.yml     multi-window multi-burn-rate and absent-SLI alerts
+    prometheus/rules/slo-<name>-recording.yml  an SLO's error ratios and budget (stack/renderers/slo.py)
+    prometheus/rules/slo-<name>-alerts.yml     its multi-window multi-burn-rate and absent-SLI alerts
     prometheus/rules/custom.yml         the spec's own alerts, as given
     prometheus/tests/<same names>.yml   promtool unit tests: every alert fires on crafted input
                                         with its exact labels and annotations, and stays silent
-                                        below its threshold and at zero traffic
+                                        below its threshold and at zero traffic; the SLOs' also
+                                        slo-<name>-detection[-long].yml, driven from counters
 
 A file is written only when it has rules. Expressions read metric names from the catalog
 (exporter/catalog.py) through the pack's data; ratios divide only by a denominator that is above
@@ -20,7 +21,6 @@ their input series, so a test can only pass if the rule does what its words say.
 
 from __future__ import annotations
 
-import math
 import re
 from dataclasses import dataclass, field
 from typing import Iterable
@@ -28,6 +28,17 @@ from typing import Iterable
 from alerts.pack import Knobs, MetricRef, Pack, PackAlert, knobs, load_pack
 from exporter.catalog import CATALOG, Metric
 from stack.renderers import slo as slo_rules
+from stack.renderers.alerting import (
+    AlertCase,
+    AlertRule,
+    ExpectedAlert,
+    RunbookPage,
+    TestFile,
+    minutes,
+    runbook_url,
+)
+from stack.renderers.alerting import parse_matchers as _matchers
+from stack.renderers.alerting import satisfies as _satisfies
 from stack.renderers.prometheus import SERVICE_LABEL, STACK_JOBS, stack_job_address
 from stack.renderers.promtext import (
     dump_yaml,
@@ -39,8 +50,7 @@ from stack.renderers.promtext import (
     openmetrics_float,
     series,
 )
-from stack.renderers.runbooks import runbook_url
-from stack.spec import CustomAlert, Spec, parse_duration
+from stack.spec import CustomAlert, Spec
 from stack.topology import Topology
 
 RULES_DIR = "prometheus/rules"
@@ -50,7 +60,6 @@ TEST_HEADER = (
     "promtool unit tests rendered by obsgen: run `promtool test rules prometheus/tests/*.yml`\n"
     "from the bundle root. Rule files are named relative to this file."
 )
-TEST_INTERVAL = "1m"
 # Slack between a condition holding for `for` and the moment a test looks.
 TEST_MARGIN_MINUTES = 3
 
@@ -60,95 +69,20 @@ TEST_MARGIN_MINUTES = 3
 # ---------------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class AlertRule:
-    name: str
-    expr: str
-    for_: str | None
-    labels: dict[str, str]
-    annotations: dict[str, str]
-
-    def to_dict(self) -> dict:
-        rule: dict = {"alert": self.name, "expr": self.expr}
-        if self.for_:
-            rule["for"] = self.for_
-        rule["labels"] = dict(sorted(self.labels.items()))
-        rule["annotations"] = self.annotations
-        return rule
+def rule_file(groups: list[dict], notes: str = "") -> str:
+    """A rule file; ``notes`` are comment lines after the header (pint reads its directives there)."""
+    return dump_yaml({"groups": groups}, header=f"{HEADER}\n{notes}" if notes else HEADER)
 
 
-@dataclass(frozen=True)
-class ExpectedAlert:
-    labels: dict[str, str]
-    annotations: dict[str, str]
-
-    def to_dict(self) -> dict:
-        return {"exp_labels": dict(sorted(self.labels.items())), "exp_annotations": self.annotations}
-
-
-@dataclass(frozen=True)
-class AlertCase:
-    """One promtool test group: input series, then what one alertname shows at eval_time."""
-
-    title: str
-    input: dict[str, str]  # series -> values
-    eval_time: str
-    checks: tuple[tuple[str, tuple[ExpectedAlert, ...]], ...]  # (alertname, expected alerts)
-    interval: str = TEST_INTERVAL
-    promql_checks: tuple[dict, ...] = ()
-
-    def to_dict(self) -> dict:
-        group: dict = {
-            "name": self.title,
-            "interval": self.interval,
-            "input_series": [{"series": s, "values": v} for s, v in sorted(self.input.items())],
-        }
-        if self.checks:
-            group["alert_rule_test"] = [
-                {"eval_time": self.eval_time, "alertname": name, "exp_alerts": [e.to_dict() for e in expected]}
-                for name, expected in self.checks
-            ]
-        if self.promql_checks:
-            group["promql_expr_test"] = list(self.promql_checks)
-        return group
-
-
-@dataclass(frozen=True)
-class RunbookPage:
-    """What a runbook template gets to say about one alert."""
-
-    name: str
-    source: str  # pack | slo_burn | slo_absent | custom
-    summary: str
-    description: str
-    rules: tuple[AlertRule, ...]
-    key: str = ""
-    group: str = ""
-    unit: str | None = None
-    knobs: Knobs | None = None
-    pack_alert: PackAlert | None = None
-    slo: object | None = None
-    custom: CustomAlert | None = None
-    rate_window: str = ""
-    metric_names: tuple[str, ...] = ()
-    extra: dict = field(default_factory=dict)
-
-
-def rule_file(groups: list[dict]) -> str:
-    return dump_yaml({"groups": groups}, header=HEADER)
-
-
-def test_file(rule_files: list[str], cases: Iterable[AlertCase]) -> str:
-    data = {
-        "rule_files": [f"../rules/{name}" for name in rule_files],
-        "evaluation_interval": TEST_INTERVAL,
-        "tests": [case.to_dict() for case in cases],
+def test_file(test: TestFile) -> str:
+    data: dict = {
+        "rule_files": [f"../rules/{name}" for name in test.rule_files],
+        "evaluation_interval": test.evaluation_interval,
     }
+    if test.group_eval_order:
+        data["group_eval_order"] = list(test.group_eval_order)
+    data["tests"] = [case.to_dict() for case in test.cases]
     return dump_yaml(data, header=TEST_HEADER)
-
-
-def minutes(duration: str) -> int:
-    return math.ceil(parse_duration(duration) / 60)
 
 
 def rate_window_for(spec: Spec) -> str:
@@ -317,31 +251,6 @@ class Scenario:
     input: dict[str, str]
     value: float  # what the rule's expression evaluates to ($value)
     labels: dict[str, str]  # the alert's labels from its expression
-
-
-def _matchers(text: str) -> list[tuple[str, str, str]]:
-    """(name, op, value) of a matcher list such as code!~"1000|1001"."""
-    if not text:
-        return []
-    import promql_parser
-
-    parsed = promql_parser.parse(f"x{{{text}}}")
-    ops = {"Equal": "=", "NotEqual": "!=", "Re": "=~", "NotRe": "!~"}
-    return [(m.name, ops[str(m.op).split(".")[-1]], m.value) for m in parsed.matchers.matchers]
-
-
-def _satisfies(labels: dict[str, str], matchers: list[tuple[str, str, str]]) -> bool:
-    for name, op, value in matchers:
-        actual = labels.get(name, "")
-        if op == "=" and actual != value:
-            return False
-        if op == "!=" and actual == value:
-            return False
-        if op == "=~" and not re.fullmatch(value, actual):
-            return False
-        if op == "!~" and re.fullmatch(value, actual):
-            return False
-    return True
 
 
 def metric_labels(ref: MetricRef, base: dict[str, str], example: dict[str, str], extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -670,7 +579,8 @@ class RuleSet:
     """Rule files and test files of one bundle, plus a runbook page per alert."""
 
     rules: dict[str, list[dict]] = field(default_factory=dict)  # file name -> groups
-    tests: dict[str, tuple[list[str], list[AlertCase]]] = field(default_factory=dict)
+    notes: dict[str, str] = field(default_factory=dict)  # file name -> comment lines for its header
+    tests: dict[str, TestFile] = field(default_factory=dict)
     pages: list[RunbookPage] = field(default_factory=list)
 
 
@@ -702,15 +612,13 @@ def build(spec: Spec, topology: Topology) -> RuleSet:
             ))
         cases.append(idle_case(f"{group.title}: no alert fires at zero traffic", members, spec, topology))
         result.rules[file] = [{"name": f"{group.name}-alerts", "rules": rules_out}]
-        result.tests[file] = ([file], cases)
+        result.tests[file] = TestFile((file,), tuple(cases))
 
     if spec.slos:
         built = slo_rules.build(spec, topology)
-        result.rules[slo_rules.RECORDING_FILE] = built.recording_groups
-        result.rules[slo_rules.ALERTS_FILE] = built.alert_groups
-        result.tests[slo_rules.ALERTS_FILE] = ([slo_rules.ALERTS_FILE], built.alert_cases)
-        if built.recording_cases:
-            result.tests[slo_rules.RECORDING_FILE] = ([slo_rules.RECORDING_FILE], built.recording_cases)
+        result.rules.update(built.rule_files)
+        result.notes.update(built.rule_notes)
+        result.tests.update(built.test_files)
         result.pages += built.pages
 
     if spec.alerts.custom:
@@ -725,7 +633,7 @@ def build(spec: Spec, topology: Topology) -> RuleSet:
             ))
         result.rules["custom.yml"] = [{"name": "custom-alerts", "rules": rules_out}]
         if cases:
-            result.tests["custom.yml"] = (["custom.yml"], cases)
+            result.tests["custom.yml"] = TestFile(("custom.yml",), tuple(cases))
     return result
 
 
@@ -761,7 +669,7 @@ def runbook_pages(spec: Spec, topology: Topology) -> list[RunbookPage]:
 
 def render(spec: Spec, topology: Topology) -> dict[str, str]:
     built = build_once(spec, topology)
-    files = {f"{RULES_DIR}/{name}": rule_file(groups) for name, groups in built.rules.items()}
-    for name, (rule_files, cases) in built.tests.items():
-        files[f"{TESTS_DIR}/{name}"] = test_file(rule_files, cases)
+    files = {f"{RULES_DIR}/{name}": rule_file(groups, built.notes.get(name, "")) for name, groups in built.rules.items()}
+    for name, test in built.tests.items():
+        files[f"{TESTS_DIR}/{name}"] = test_file(test)
     return files

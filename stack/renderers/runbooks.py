@@ -4,7 +4,7 @@ Pure: ``render(spec, topology)`` expands the Jinja2 templates shipped in alerts/
 data, read like any other bundled source). Each page says what the alert means, its impact, how
 to diagnose it (queries, dashboards, logs) and how to mitigate it.
 
-Every alert's ``runbook_url`` is ``<base>/<AlertName>.md`` (``runbook_url`` below). The default
+Every alert's ``runbook_url`` is ``<base>/<AlertName>.md`` (``stack.renderers.alerting.runbook_url``). The default
 base is Grafana's public folder, where compose mounts the bundle's runbooks/
 (http://localhost:<grafana port>/public/runbooks); ``alerts.runbook_base_url`` points it at a
 wiki or a docs site instead. ``obsgen check`` maps any such URL back to ``runbooks/<file>`` in the
@@ -18,27 +18,12 @@ from importlib import resources
 
 import jinja2
 
+from stack.renderers.alerting import RunbookPage, runbook_path
+from stack.renderers.rules import runbook_pages  # the rules decide which alerts exist
 from stack.spec import Spec
 from stack.topology import Topology
 
-DIRECTORY = "runbooks"
 TEMPLATES = "runbooks"  # under the alerts package
-GRAFANA_PUBLIC_PATH = "/public/runbooks"
-
-
-def runbook_base_url(spec: Spec, topology: Topology) -> str:
-    if spec.alerts.runbook_base_url:
-        return spec.alerts.runbook_base_url.rstrip("/")
-    return f"http://localhost:{topology.port('grafana', 'http')}{GRAFANA_PUBLIC_PATH}"
-
-
-def runbook_url(spec: Spec, topology: Topology, alertname: str) -> str:
-    return f"{runbook_base_url(spec, topology)}/{alertname}.md"
-
-
-def runbook_path(alertname: str) -> str:
-    """Where the page for ``alertname`` lives in the bundle."""
-    return f"{DIRECTORY}/{alertname}.md"
 
 
 @lru_cache(maxsize=1)
@@ -57,7 +42,7 @@ def _environment() -> jinja2.Environment:
     )
 
 
-def template_for(page) -> str:
+def template_for(page: RunbookPage) -> str:
     """The template a page is rendered from: the alert's own, else its kind's generic one."""
     own = f"{page.name}.md.j2"
     if page.source == "pack" and resources.files("alerts").joinpath(TEMPLATES, own).is_file():
@@ -86,8 +71,6 @@ def links(spec: Spec, topology: Topology) -> dict:
 
 
 def render(spec: Spec, topology: Topology) -> dict[str, str]:
-    from stack.renderers.rules import runbook_pages  # the rules decide which alerts exist
-
     environment = _environment()
     context = {"spec": spec, "links": links(spec, topology)}
     files = {}

@@ -232,7 +232,13 @@ def test_every_pack_test_target_is_a_scrape_job():
          "not a bucket bound of websocket_message_duration_seconds"),
         ({"slos": [{"name": "x", "objective": 99, "latency": {"threshold_seconds": 0.25,
                                                                "metric": "websocket_active_connections"}}]},
-         "not a histogram of the metric catalog"),
+         "is a gauge of the metric catalog, not a histogram"),
+        ({"slos": [{"name": "x", "objective": 99, "latency": {"threshold_seconds": 0.25,
+                                                               "metric": "http_request_duration_seconds_bucket"}}]},
+         "without _bucket: 'http_request_duration_seconds'"),
+        ({"slos": [{"name": "x", "objective": 99, "window": "7d12m",
+                    "events": {"error_query": "sum(rate(a[$window]))", "total_query": "sum(rate(b[$window]))"}}]},
+         "not a whole number of 1h"),
         ({"slos": [{"name": "x", "objective": 99, "latency": {"threshold_seconds": 0.25, "selector": 'le="1"'}}]},
          "leave it out"),
         ({"slos": [{"name": "x", "objective": 99, "window": "1d",
@@ -371,33 +377,42 @@ def test_burn_factors_follow_the_sre_workbook_for_30d_and_scale_with_the_window(
 
 def test_slo_recording_rules_cover_every_window_and_the_slo_window():
     files = render(_slo_spec())
-    groups = rule_groups(files, "slo-recording.yml")
-    records = [r["record"] for r in groups[0]["rules"]]
+    fast, hourly = rule_groups(files, "slo-api-availability-recording.yml")
+    records = [r["record"] for r in fast["rules"]]
     windows = ["5m", "30m", "1h", "2h", "6h", "1d", "3d", "30d"]
-    assert records[:8] == [f"slo:sli_error:ratio_rate{w}" for w in windows]
-    assert {"slo:objective:ratio", "slo:error_budget:ratio", "slo:error_budget_remaining:ratio"} <= set(records)
-    assert all(r["labels"] == {"slo": "api-availability"} for r in groups[0]["rules"])
-    five = groups[0]["rules"][0]["expr"]
-    assert "[$window]" not in five and "[5m]" in five
-    assert "> 0)" in five and five.rstrip().endswith("0 * (sum(rate(websocket_messages_received_total[5m])))")
-    assert groups[0]["rules"][7]["expr"] == 'avg_over_time(slo:sli_error:ratio_rate5m{slo="api-availability"}[30d])'
+    assert records[:2] == ["slo:sli_errors:rate5m", "slo:sli_total:rate5m"]
+    assert records[2:10] == [f"slo:sli_error:ratio_rate{w}" for w in windows]
+    assert records[10:] == ["slo:objective:ratio", "slo:error_budget:ratio", "slo:error_budget_remaining:ratio",
+                            "slo:error_budget_consumed:ratio", "slo:error_budget_exhaustion:seconds"]
+    assert all(r["labels"] == {"slo": "api-availability"} for r in fast["rules"] + hourly["rules"])
+    # Only the 5m rates read the service's series; everything else sums recorded ones.
+    errors = fast["rules"][0]["expr"]
+    assert "[$window]" not in errors and "[5m]" in errors
+    assert errors.rstrip().endswith("0 * (\n  sum(rate(websocket_messages_received_total[5m]))\n)")
+    assert all("websocket_" not in r["expr"] for r in fast["rules"][2:] + hourly["rules"])
+    assert "avg_over_time" not in files["prometheus/rules/slo-api-availability-recording.yml"]
+    assert hourly["interval"] == "1h"
+    assert [r["record"] for r in hourly["rules"]] == ["slo:sli_errors:rate5m_sum1h", "slo:sli_total:rate5m_sum1h"]
 
 
 def test_latency_sli_counts_the_threshold_bucket_in_both_spellings():
     files = render(_slo_spec())
-    latency = rule_groups(files, "slo-recording.yml")[1]["rules"][0]["expr"]
+    errors, total = rule_groups(files, "slo-fast-publish-recording.yml")[0]["rules"][:2]
     metric = catalog.MESSAGE_DURATION_SECONDS.name
-    assert f'{metric}_bucket{{type="publish",le=~"1|1[.]0"}}' in latency
-    assert f'{metric}_count{{type="publish"}}' in latency
+    assert f'{metric}_bucket{{type="publish",le=~"1|1[.]0"}}' in errors["expr"]
+    assert f'{metric}_count{{type="publish"}}' in errors["expr"]
+    # Without the bucket both are absent, so the SLI is absent, not perfect.
+    assert f'{metric}_bucket{{type="publish",le=~"1|1[.]0"}}' in total["expr"]
 
 
 def test_slo_alerts_page_and_ticket_under_one_name_and_alert_when_absent():
     spec = _slo_spec()
     files = render(spec)
-    rendered = alerts_in(files, "slo-alerts.yml")
+    rendered = alerts_in(files, "slo-api-availability-alerts.yml")
     burn, absent = slo_alert_names("api-availability")
     assert (burn, absent) == ("ApiAvailabilityErrorBudgetBurn", "ApiAvailabilitySLIAbsent")
-    page, ticket, missing = [r for r in rendered if r["labels"]["slo"] == "api-availability"]
+    page, ticket, missing = rendered
+    assert all(r["labels"]["slo"] == "api-availability" for r in rendered)
     assert page["alert"] == ticket["alert"] == burn
     assert (page["labels"]["severity"], ticket["labels"]["severity"]) == ("critical", "warning")
     assert 'slo:sli_error:ratio_rate1h{slo="api-availability"} / 0.001 > 14.4' in page["expr"]
@@ -541,8 +556,8 @@ def test_promtool_accepts_the_rules_and_their_unit_tests_pass(case, tmp_path):
         ("websocket.yml", ") > 0.05", ") > 0.5"),  # a threshold that does not match its words
         ("websocket.yml", "for: 2m", "for: 20m"),  # waits longer than it says
         ("stack.yml", 'service=""', 'service!=""'),  # watches the wrong targets
-        ("slo-alerts.yml", "/ 0.001 > 14.4", "/ 0.001 > 144"),  # a page that never comes
-        ("slo-recording.yml", 'le=~"1|1[.]0"', 'le="1"'),  # misses the bucket as Prometheus 3 stores it
+        ("slo-api-availability-alerts.yml", "/ 0.001 > 14.4", "/ 0.001 > 144"),  # a page that never comes
+        ("slo-fast-publish-recording.yml", 'le=~"1|1[.]0"', 'le="1"'),  # misses the bucket as Prometheus 3 stores it
     ],
 )
 def test_promtool_unit_tests_catch_a_broken_rule(rule_file, old, new, tmp_path):
