@@ -103,6 +103,16 @@ def schema_problems(objects: dict[str, list[dict]], version: str) -> tuple[int, 
     return checked, problems
 
 
+def leading_comments(path: Path) -> str:
+    """The comment lines a YAML file starts with."""
+    lines = []
+    for line in path.read_text(encoding="utf-8").splitlines(keepends=True):
+        if not line.startswith("#"):
+            break
+        lines.append(line)
+    return "".join(lines)
+
+
 def extract(objects: dict[str, list[dict]], bundle: Path, scratch: Path) -> list[str]:
     """Write the PrometheusRule groups, their tests and the collector config in compose's layout
     under ``scratch``; returns problems (a PrometheusRule without its file annotation)."""
@@ -117,7 +127,9 @@ def extract(objects: dict[str, list[dict]], bundle: Path, scratch: Path) -> list
                     continue
                 target = scratch / "prometheus" / "rules" / file
                 target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_text(yaml.safe_dump({"groups": (obj.get("spec") or {}).get("groups")}, sort_keys=False),
+                # The file's leading comments carry pint's file-level directives: keep them.
+                target.write_text(leading_comments(bundle / path)
+                                  + yaml.safe_dump({"groups": (obj.get("spec") or {}).get("groups")}, sort_keys=False),
                                   encoding="utf-8")
             elif obj.get("kind") == "ConfigMap" and name == COLLECTOR_CONFIG_MAP:
                 target = scratch / base.COLLECTOR_CONFIG

@@ -30,7 +30,7 @@ import yaml
 from stack.renderers import alertmanager as am
 from stack.renderers import collector, commands, grafana, rules, runbooks
 from stack.renderers.compose import JWT_SECRET, resource_attributes
-from stack.spec import EnvSecret, Service, Spec, image_for, memory_mib
+from stack.spec import EnvSecret, Service, Spec, image_for
 from stack.topology import Topology, uses_alert_sink
 
 KUSTOMIZATION = "kustomization.yaml"
@@ -74,8 +74,10 @@ def _meta(spec: Spec, name: str, labels: dict[str, str], annotations: dict[str, 
     return meta
 
 
-def _dump(*objects: dict) -> str:
-    return HEADER + "---\n".join(yaml.safe_dump(o, sort_keys=False, width=120, allow_unicode=True) for o in objects)
+def _dump(*objects: dict, notes: str = "") -> str:
+    """YAML documents under the header; ``notes`` are comment lines after it (pint reads its
+    file-level directives there, as in the compose target's rule files)."""
+    return HEADER + notes + "---\n".join(yaml.safe_dump(o, sort_keys=False, width=120, allow_unicode=True) for o in objects)
 
 
 # ---------------------------------------------------------------------------------------
@@ -469,6 +471,15 @@ def redis_objects(spec: Spec, topology: Topology) -> list[dict]:
 # ---------------------------------------------------------------------------------------
 
 
+def rule_path(file: str) -> str:
+    """Where the PrometheusRule of a compose rule file (slo-x-recording.yml) lives in the bundle."""
+    return f"prometheus-rules/{file.removesuffix('.yml')}.yaml"
+
+
+def _comment(text: str) -> str:
+    return "".join(f"# {line}".rstrip() + "\n" for line in text.splitlines())
+
+
 def objects(spec: Spec, topology: Topology) -> dict[str, list[dict]]:
     """bundle path -> the objects in that file (one file per object, or per workload)."""
     files: dict[str, list[dict]] = {
@@ -476,7 +487,7 @@ def objects(spec: Spec, topology: Topology) -> dict[str, list[dict]]:
                             "metadata": {"name": namespace(spec), "labels": {**MANAGED_BY}}}],
     }
     for file, rule in prometheus_rules(spec, topology).items():
-        files[f"prometheus-rules/{file.removesuffix('.yml')}.yaml"] = [rule]
+        files[rule_path(file)] = [rule]
     for name, monitor in service_monitors(spec).items():
         files[f"monitors/{name}.yaml"] = [monitor]
     files["alertmanager/alertmanager-config.yaml"] = [alertmanager_config(spec, topology)]
@@ -517,11 +528,12 @@ def kustomization(spec: Spec, resources: list[str]) -> str:
 
 
 def render(spec: Spec, topology: Topology) -> dict[str, str]:
-    files = {path: _dump(*objs) for path, objs in objects(spec, topology).items()}
     built = rules.build_once(spec, topology)
+    notes = {rule_path(file): _comment(built.notes[file]) for file in built.notes}
+    files = {path: _dump(*objs, notes=notes.get(path, "")) for path, objs in objects(spec, topology).items()}
     # The rule groups' promtool unit tests, as the compose bundle has them; kustomize does not
     # apply them (not in resources). `obsgen check` runs them on the groups it extracts.
-    for name, (rule_files, cases) in built.tests.items():
-        files[f"prometheus-tests/{name}"] = rules.test_file(rule_files, cases)
+    for name, test in built.tests.items():
+        files[f"prometheus-tests/{name}"] = rules.test_file(test)
     files[KUSTOMIZATION] = kustomization(spec, sorted(p for p in files if p.endswith(".yaml") and not p.startswith("prometheus-tests/")))
     return dict(sorted(files.items()))

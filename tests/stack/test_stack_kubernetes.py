@@ -80,7 +80,9 @@ def test_only_kubernetes_files_and_kustomization_lists_every_object_file(default
 def test_prometheus_rules_hold_exactly_the_compose_groups(default_spec, default_bundle):
     built = rules.build(default_spec, Topology(default_spec))
     found = {r["metadata"]["annotations"]["obsgen.dev/rule-file"]: r for r in objects_of(default_bundle, "PrometheusRule")}
-    assert set(found) == set(built.rules) == {"websocket.yml", "stack.yml", "slo-recording.yml", "slo-alerts.yml"}
+    assert set(found) == set(built.rules) == {
+        "websocket.yml", "stack.yml", "slo-message-availability-recording.yml", "slo-message-availability-alerts.yml",
+        "slo-publish-latency-recording.yml", "slo-publish-latency-alerts.yml"}
     for file, rule in found.items():
         assert rule["spec"]["groups"] == built.rules[file]
         assert rule["metadata"]["labels"]["release"] == "kube-prometheus-stack"
