@@ -267,8 +267,11 @@ class Prometheus:
     def alerts(self) -> list[dict]:
         return self._api("alerts")["alerts"]
 
+    def rule_groups(self) -> list[dict]:
+        return self._api("rules")["groups"]
+
     def rules(self) -> list[dict]:
-        return [rule for group in self._api("rules")["groups"] for rule in group["rules"]]
+        return [rule for group in self.rule_groups() for rule in group["rules"]]
 
     def targets(self) -> list[dict]:
         return self._api("targets", state="active")["activeTargets"]

@@ -833,9 +833,22 @@ def test_collector_and_jaeger_report_nothing_refused_or_failed(stack: Stack, sce
 
 def test_prometheus_evaluates_every_rendered_rule_without_error(stack: Stack, scenario: Record):
     """Every recording and alerting rule of the bundle evaluates on the real Prometheus, under load."""
-    rules = stack.prometheus.rules()
-    assert rules, "Prometheus loaded no rules"
-    broken = {rule["name"]: rule.get("lastError") for rule in rules if rule.get("health") != "ok"}
+    groups = stack.prometheus.rule_groups()
+    assert any(group["rules"] for group in groups), "Prometheus loaded no rules"
+    # A group evaluated less often than this test runs (the SLOs' hourly sums, interval 1h) may not
+    # have had its first evaluation yet: "unknown" with no error is its only allowed other state.
+    # promtool's unit tests (prometheus/tests/slo-*-detection*.yml) evaluate those rules.
+    broken, waiting = {}, []
+    for group in groups:
+        slow = group["interval"] >= 3600
+        for rule in group["rules"]:
+            if rule.get("health") == "ok":
+                continue
+            if slow and rule.get("health") == "unknown" and not rule.get("lastError"):
+                waiting.append(rule["name"])
+            else:
+                broken[rule["name"]] = rule.get("lastError")
     assert not broken, f"rules failing evaluation: {broken}"
+    assert all(name.endswith("_sum1h") for name in waiting), f"only the hourly sums may wait: {waiting}"
     failures = stack.prometheus.value("sum(prometheus_rule_evaluation_failures_total)")
     assert failures == 0, f"{failures} rule evaluations failed"
