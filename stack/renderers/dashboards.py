@@ -14,7 +14,6 @@ definition files are package data, read once.
 
 from __future__ import annotations
 
-import hashlib
 import re
 from functools import lru_cache
 from importlib import resources
@@ -24,11 +23,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from exporter import catalog
+from stack.dashboard_ids import MAX_UID_LENGTH, UID_PATTERN, builtin_titles, uid_for
 from stack.spec import CustomDashboard, grafana_promql_for_parsing
 
 SCHEMA_VERSION = 41  # Grafana 12's dashboard JSON schema; Grafana 13 still reads and migrates it
 GRID_COLUMNS = 24
-MAX_UID_LENGTH = 40  # Grafana refuses longer dashboard uids
 
 # Datasource uids and names: the datasource provisioning file (grafana.py) and every panel use
 # these, so a link cannot point at a datasource that does not exist.
@@ -128,7 +127,7 @@ class RowDef(_Definition):
 
 class DashboardDef(_Definition):
     title: str = Field(min_length=1)
-    uid: str | None = Field(None, pattern=r"^[a-zA-Z0-9_-]{1,40}$")
+    uid: str | None = Field(None, pattern=UID_PATTERN)
     description: str = ""
     tags: list[str] = []
     refresh: str = "30s"
@@ -218,13 +217,27 @@ def builtin_definitions() -> tuple[DashboardDef, ...]:
             definition = DashboardDef.model_validate(yaml.safe_load(entry.read_text(encoding="utf-8")))
         except (yaml.YAMLError, ValidationError) as exc:
             raise DashboardDefinitionError(f"{where}: {exc}") from None
+        if definition.uid is not None:
+            # A fixed uid would be the same in every project: two bundles in one Grafana would collide.
+            raise DashboardDefinitionError(f"{where}: a built-in dashboard takes no uid (it is derived per project)")
         definitions.append(definition)
+    if tuple(d.title for d in definitions) != builtin_titles():
+        raise DashboardDefinitionError("dashboards/: titles differ from what stack.dashboard_ids read")
     return tuple(definitions)
 
 
+# What stack/spec.py imports for its check of custom dashboards against the built-in ones
+# (Dashboards._unique_uids). That check runs before the project is known, so it compares uids
+# as they would be in a project named "": the same title gives the same uid in any one project,
+# so every clash by title is found. A custom uid equal to a project's derived uid is refused by
+# grafana.dashboards() when rendering.
+def dashboard_uid(title: str) -> str:
+    return uid_for("", title)
+
+
 def builtin_uids() -> dict[str, str]:
-    """uid -> title of every built-in dashboard (a custom dashboard may not take one)."""
-    return {d.uid or dashboard_uid(d.title): d.title for d in builtin_definitions()}
+    """uid -> title of every dashboard obsgen writes (see above: in a project named "")."""
+    return {uid_for("", title): title for title in builtin_titles()}
 
 
 def custom_definition(custom: CustomDashboard) -> DashboardDef:
@@ -244,14 +257,6 @@ def custom_definition(custom: CustomDashboard) -> DashboardDef:
     return DashboardDef(
         title=custom.title, uid=custom.uid, tags=["custom"], rows=[RowDef(panels=panels)], expand_refs=False
     )
-
-
-def dashboard_uid(title: str) -> str:
-    """A stable uid from a title: its slug, cut to fit, and a short hash of the whole title."""
-    digest = hashlib.sha256(title.encode("utf-8")).hexdigest()[:8]
-    slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
-    slug = slug[: MAX_UID_LENGTH - len(digest) - 1].rstrip("-")
-    return f"{slug}-{digest}" if slug else digest
 
 
 # ---------------------------------------------------------------------------------------
@@ -456,9 +461,9 @@ def _variables(definition: DashboardDef, services: list[str]) -> list[dict]:
     return variables
 
 
-def build_dashboard(definition: DashboardDef, services: list[str]) -> dict:
-    """The Grafana dashboard JSON model for ``definition``; ``services`` feed services variables."""
-    uid = definition.uid or dashboard_uid(definition.title)
+def build_dashboard(definition: DashboardDef, services: list[str], project: str) -> dict:
+    """The Grafana dashboard JSON model for ``definition`` in ``project``; ``services`` feed services variables."""
+    uid = uid_for(project, definition.title, definition.uid)
     if len(uid) > MAX_UID_LENGTH:
         raise DashboardDefinitionError(f"dashboard {definition.title!r}: uid {uid!r} is longer than {MAX_UID_LENGTH}")
     panels: list[dict] = []

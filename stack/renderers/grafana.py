@@ -23,7 +23,6 @@ from stack.renderers.dashboards import (
     build_dashboard,
     builtin_definitions,
     custom_definition,
-    dashboard_uid,
 )
 from stack.spec import Spec
 from stack.topology import Topology
@@ -166,7 +165,7 @@ def dashboards(spec: Spec) -> dict[str, dict]:
     definitions += [custom_definition(custom) for custom in spec.dashboards.custom]
     models: dict[str, dict] = {}
     for index, definition in enumerate(definitions):
-        model = build_dashboard(definition, services)
+        model = build_dashboard(definition, services, spec.project)
         uid = model["uid"]
         if uid in models:
             where = f"dashboards.custom[{index - builtin_count}]" if index >= builtin_count else "dashboards/"
@@ -188,4 +187,4 @@ def render(spec: Spec, topology: Topology) -> dict[str, str]:
     return dict(sorted(files.items()))
 
 
-__all__ = ["render", "datasources", "dashboard_providers", "dashboards", "dashboard_uid"]
+__all__ = ["render", "datasources", "dashboard_providers", "dashboards"]

@@ -12,8 +12,9 @@ import pytest
 import yaml
 
 from exporter import catalog
+from stack import check, dashboard_ids
 from stack.renderers import dashboards as dash
-from stack.renderers import grafana
+from stack.renderers import grafana, runbooks
 from stack.spec import Spec, grafana_promql_for_parsing
 from stack.topology import Topology
 from tests.conftest import free_port, require_binary, wait_for_port
@@ -320,19 +321,67 @@ def test_panel_datasources_exist_in_the_datasource_file():
 # ---------------------------------------------------------------------------------------
 
 
-def test_uid_is_stable_short_and_derived_from_the_title():
-    assert dash.dashboard_uid("WebSocket overview") == dash.dashboard_uid("WebSocket overview")
-    assert dash.dashboard_uid("WebSocket overview").startswith("websocket-overview-")
-    assert dash.dashboard_uid("A") != dash.dashboard_uid("a")  # same slug, different titles
-    long_uid = dash.dashboard_uid("A very long dashboard title that goes on and on " * 3)
-    assert len(long_uid) <= 40 and re.fullmatch(r"[a-z0-9-]+", long_uid)
-    assert re.fullmatch(r"[0-9a-f]{8}", dash.dashboard_uid("Überblick ☃"[-1]))
+def test_uid_is_stable_short_and_derived_from_project_and_title():
+    uid = dashboard_ids.dashboard_uid("demo", "WebSocket overview")
+    assert uid == dashboard_ids.dashboard_uid("demo", "WebSocket overview")
+    assert re.fullmatch(r"demo-websocket-overview-[0-9a-f]{8}", uid)
+    assert dashboard_ids.dashboard_uid("other", "WebSocket overview").startswith("other-websocket-overview-")
+    assert dashboard_ids.dashboard_uid("demo", "A") != dashboard_ids.dashboard_uid("demo", "a")  # same slugs
+    # "a-b" + "c" and "a" + "b-c" give the same words; the hash tells them apart
+    assert dashboard_ids.dashboard_uid("a-b", "c") != dashboard_ids.dashboard_uid("a", "b c")
+    assert re.fullmatch(r"demo-[0-9a-f]{8}", dashboard_ids.dashboard_uid("demo", "☃"))
+
+
+@pytest.mark.parametrize("project, title, expected", [
+    # both fit: all of both
+    ("obsgen-demo", "WebSocket overview", "obsgen-demo-websocket-overview"),
+    # a long title after a short project keeps the whole project
+    ("demo", "Observability stack health and more", "demo-observability-stack-health"),
+    # both long: each keeps at least 15 characters
+    ("a-very-long-project-name-indeed", "Observability stack health", "a-very-long-pro-observability-s"),
+    ("obsgen-demo", "Observability stack health", "obsgen-demo-observability-stack"),
+])
+def test_uid_keeps_both_names_readable_within_40_characters(project, title, expected):
+    uid = dashboard_ids.dashboard_uid(project, title)
+    assert len(uid) <= dashboard_ids.MAX_UID_LENGTH and re.fullmatch(dashboard_ids.UID_PATTERN, uid)
+    assert uid.rsplit("-", 1)[0] == expected
+
+
+def test_two_projects_in_one_grafana_get_distinct_uids():
+    custom = {"custom": [{"title": "Mine", "panels": [{"title": "p", "expr": "up"}]}]}
+    first = render_models(project="shop", dashboards=custom)
+    second = render_models(project="shop-eu", dashboards=custom)
+    assert len(first) == len(second) == 3  # two built-in, one custom
+    assert not set(first) & set(second)
+    longest = "x" * 63  # the longest project name the spec accepts
+    third = render_models(project=longest)
+    for uid in [*first, *second, *third]:
+        assert len(uid) <= dashboard_ids.MAX_UID_LENGTH and re.fullmatch(dashboard_ids.UID_PATTERN, uid), uid
+    assert check.dashboard_uid_problems({f"{u}.json": {"uid": u} for u in [*first, *second, *third]}) == []
+
+
+def test_runbooks_link_every_provisioned_dashboard_by_its_uid():
+    spec = Spec.model_validate({**SPEC, "dashboards": {"custom": [
+        {"title": "Mine", "panels": [{"title": "p", "expr": "up"}]},
+        {"title": "Fixed", "uid": "fixed-uid", "panels": [{"title": "p", "expr": "up"}]}]}})
+    models = grafana.dashboards(spec)
+    links = runbooks.links(spec, Topology(spec))["dashboards"]
+    grafana_url = f"http://localhost:{Topology(spec).port('grafana', 'http')}/d/"
+    assert [(title, url.removeprefix(grafana_url)) for title, url in links] == [
+        (m["title"], uid) for uid, m in models.items()
+    ]
+    assert [title for title, _ in links] == ["Observability stack health", "WebSocket overview", "Mine", "Fixed"]
+
+
+def test_builtin_titles_are_read_like_the_renderer_reads_them():
+    assert dashboard_ids.builtin_titles() == tuple(d.title for d in dash.builtin_definitions())
+    assert all(d.uid is None for d in dash.builtin_definitions())  # derived per project, never fixed
 
 
 def test_custom_dashboard_is_rendered_with_its_queries_as_written():
     models = all_models()
     custom = by_title(models, "Business")
-    assert custom["uid"] == dash.dashboard_uid("Business")
+    assert custom["uid"] == dashboard_ids.dashboard_uid("demo", "Business")
     exprs = [t["expr"] for _, t in prometheus_targets(custom)]
     assert exprs == [
         "sum(rate(orders_total[$__rate_interval]))",
@@ -439,7 +488,7 @@ def test_definition_format_is_checked_on_load():
         {"title": "t", "rows": [{"panels": [{"title": "p", "expr": "sum(@ACTIVE_CONNECTIONS"}]}]}
     )
     with pytest.raises(dash.DashboardDefinitionError, match="panel 'p', query A: query does not parse"):
-        dash.build_dashboard(broken, [])
+        dash.build_dashboard(broken, [], "demo")
 
 
 # ---------------------------------------------------------------------------------------

@@ -46,6 +46,14 @@ def test_renders_provisioning_and_one_file_per_dashboard():
         assert path == f"grafana/dashboards/{model['uid']}.json"
 
 
+def test_two_projects_can_share_one_dashboards_folder():
+    """Dashboard files are named by uid and uids carry the project: a second bundle's files land
+    beside the first's in one Grafana instead of replacing them."""
+    first = {p for p in render() if p.startswith(grafana.DASHBOARDS_DIR)}
+    second = {p for p in render(project="demo-two") if p.startswith(grafana.DASHBOARDS_DIR)}
+    assert len(first) == len(second) == 2 and not first & second
+
+
 def test_datasources_have_fixed_uids_and_compose_urls():
     by_uid = datasources(render())
     assert {uid: d["type"] for uid, d in by_uid.items()} == {
