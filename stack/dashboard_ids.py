@@ -25,6 +25,7 @@ if TYPE_CHECKING:  # the spec model is read, never imported at run time: it stay
 
 MAX_UID_LENGTH = 40  # Grafana refuses longer dashboard uids
 UID_PATTERN = r"^[a-zA-Z0-9_-]{1,40}$"  # what Grafana accepts as a dashboard uid
+SLO_DASHBOARD_TITLE = "SLOs"
 _DIGEST_LENGTH = 8
 _MIN_PART = 15  # when both slugs do not fit, neither is cut shorter than this (unless it is shorter)
 
@@ -63,14 +64,16 @@ def builtin_titles() -> tuple[str, ...]:
     return tuple(titles)
 
 
-def generated_dashboards(project: str, *, builtin: bool) -> list[tuple[str, str]]:
-    """(title, uid) of every dashboard obsgen itself writes: the built-in ones."""
+def generated_dashboards(project: str, *, builtin: bool, slos: bool) -> list[tuple[str, str]]:
+    """(title, uid) of every dashboard obsgen itself writes: the built-in ones, the SLO dashboard."""
     titles = list(builtin_titles()) if builtin else []
+    if slos:
+        titles.append(SLO_DASHBOARD_TITLE)
     return [(title, dashboard_uid(project, title)) for title in titles]
 
 
 def provisioned_dashboards(spec: "Spec") -> list[tuple[str, str]]:
     """(title, uid) of every dashboard the bundle provisions, in the order the renderer writes them."""
-    dashboards = generated_dashboards(spec.project, builtin=spec.dashboards.builtin)
+    dashboards = generated_dashboards(spec.project, builtin=spec.dashboards.builtin, slos=bool(spec.slos))
     dashboards += [(c.title, uid_for(spec.project, c.title, c.uid)) for c in spec.dashboards.custom]
     return dashboards
