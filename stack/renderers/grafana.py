@@ -19,11 +19,12 @@ from stack.renderers.dashboards import (
     JAEGER,
     LOKI,
     PROMETHEUS,
+    DashboardDef,
     DashboardDefinitionError,
     build_dashboard,
     builtin_definitions,
     custom_definition,
-    dashboard_uid,
+    slo_definition,
 )
 from stack.spec import Spec
 from stack.topology import Topology
@@ -159,17 +160,21 @@ def dashboard_providers(spec: Spec, topology: Topology) -> dict:
 
 
 def dashboards(spec: Spec) -> dict[str, dict]:
-    """uid -> dashboard JSON model: the built-in ones (unless turned off) and the spec's custom ones."""
+    """uid -> dashboard JSON model: the built-in ones (unless turned off), the SLO dashboard (when the
+    spec has SLOs) and the spec's custom ones, in that order (the order of dashboard_ids.provisioned_dashboards)."""
     services = [s.name for s in spec.services if s.otlp] or [s.name for s in spec.services]
-    definitions = list(builtin_definitions()) if spec.dashboards.builtin else []
-    builtin_count = len(definitions)
-    definitions += [custom_definition(custom) for custom in spec.dashboards.custom]
+    sources: list[tuple[str, DashboardDef]] = []
+    if spec.dashboards.builtin:
+        sources += [("dashboards/", definition) for definition in builtin_definitions()]
+    if spec.slos:
+        sources.append(("slos", slo_definition(spec)))
+    sources += [(f"dashboards.custom[{index}]", custom_definition(custom))
+                for index, custom in enumerate(spec.dashboards.custom)]
     models: dict[str, dict] = {}
-    for index, definition in enumerate(definitions):
-        model = build_dashboard(definition, services)
+    for where, definition in sources:
+        model = build_dashboard(definition, services, spec.project)
         uid = model["uid"]
         if uid in models:
-            where = f"dashboards.custom[{index - builtin_count}]" if index >= builtin_count else "dashboards/"
             raise DashboardDefinitionError(
                 f"{where}: dashboard {definition.title!r} has uid {uid!r}, "
                 f"already used by {models[uid]['title']!r}; give it another uid"
@@ -188,4 +193,4 @@ def render(spec: Spec, topology: Topology) -> dict[str, str]:
     return dict(sorted(files.items()))
 
 
-__all__ = ["render", "datasources", "dashboard_providers", "dashboards", "dashboard_uid"]
+__all__ = ["render", "datasources", "dashboard_providers", "dashboards"]

@@ -56,11 +56,10 @@ def links(spec: Spec, topology: Topology) -> dict:
     def url(component: str, port: str) -> str:
         return f"http://localhost:{topology.port(component, port)}"
 
-    dashboards = []
-    if spec.dashboards.builtin:
-        from stack.renderers.dashboards import builtin_uids
+    from stack.dashboard_ids import provisioned_dashboards
 
-        dashboards = [(title, f"{url('grafana', 'http')}/d/{uid}") for uid, title in sorted(builtin_uids().items())]
+    # Every dashboard the bundle provisions, under the uid the Grafana renderer gives it.
+    dashboards = [(title, f"{url('grafana', 'http')}/d/{uid}") for title, uid in provisioned_dashboards(spec)]
     return {
         "grafana": url("grafana", "http"),
         "prometheus": url("prometheus", "http"),

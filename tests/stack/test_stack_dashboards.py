@@ -12,9 +12,11 @@ import pytest
 import yaml
 
 from exporter import catalog
+from stack import check, dashboard_ids
+from stack import slos as slo_series
 from stack.renderers import dashboards as dash
-from stack.renderers import grafana
-from stack.spec import Spec, grafana_promql_for_parsing
+from stack.renderers import grafana, runbooks
+from stack.spec import Spec, grafana_promql_for_parsing, parse_duration
 from stack.topology import Topology
 from tests.conftest import free_port, require_binary, wait_for_port
 
@@ -25,7 +27,20 @@ SPEC = {
 }
 # Labels Prometheus adds to every scraped series, and the histogram bucket label.
 TARGET_LABELS = {"job", "instance"}
-KNOWN_PANEL_TYPES = {"row", "timeseries", "stat", "gauge", "bargauge", "table", "logs", "alertlist"}
+KNOWN_PANEL_TYPES = {"row", "timeseries", "stat", "gauge", "bargauge", "table", "state-timeline", "logs", "alertlist"}
+# SLOs of several shapes: a ratio with a description, a latency SLO on a catalog histogram with its own
+# window (28d), and a 7d window (other burn factors: 7d / 1h * 2% = 3.36, not 14.4).
+SLOS = [
+    {"name": "availability", "objective": 99.9, "description": "Messages handled without a server error.",
+     "events": {"error_query": 'sum(rate(websocket_errors_total{reason="internal"}[$window]))',
+                "total_query": "sum(rate(websocket_messages_received_total[$window]))"}},
+    {"name": "publish-latency", "objective": 99, "window": "28d",
+     "latency": {"metric": "websocket_message_duration_seconds", "threshold_seconds": 0.1,
+                 "selector": 'type="publish"'}},
+    {"name": "weekly", "objective": 95.25, "window": "7d", "page_severity": "warning",
+     "events": {"error_query": 'sum(rate(websocket_connections_total{status="error"}[$window]))',
+                "total_query": "sum(rate(websocket_connections_total[$window]))"}},
+]
 
 
 def render_models(**extra) -> dict[str, dict]:
@@ -42,9 +57,16 @@ def by_title(models: dict[str, dict], title: str) -> dict:
     return model
 
 
+def all_panels(model: dict):
+    """Every panel, those inside collapsed rows too."""
+    for panel in model["panels"]:
+        yield panel
+        yield from panel.get("panels", [])
+
+
 def prometheus_targets(model: dict):
     """(panel, target) for every Prometheus query of a dashboard."""
-    for panel in model["panels"]:
+    for panel in all_panels(model):
         for target in panel.get("targets", []):
             if target["datasource"]["type"] == "prometheus":
                 yield panel, target
@@ -240,7 +262,12 @@ def test_logs_traces_and_alert_panels():
 
 
 def all_models() -> dict[str, dict]:
+    """The built-in, SLO and custom dashboards, and an SLO dashboard of another project with its
+    rows collapsed (more SLOs than dash.EXPANDED_SLO_ROWS)."""
+    many = [{**SLOS[0], "name": f"slo-{index}"} for index in range(dash.EXPANDED_SLO_ROWS + 1)]
+    collapsed = render_models(project="many", slos=many, dashboards={"builtin": False})
     custom = {
+        "slos": SLOS,
         "dashboards": {
             "custom": [
                 {
@@ -252,9 +279,9 @@ def all_models() -> dict[str, dict]:
                     ],
                 }
             ]
-        }
+        },
     }
-    return render_models(**custom)
+    return {**render_models(**custom), **collapsed}
 
 
 def test_dashboard_models_have_the_required_shape():
@@ -265,9 +292,9 @@ def test_dashboard_models_have_the_required_shape():
         assert re.fullmatch(r"[a-zA-Z0-9_-]+", uid)
         assert model["schemaVersion"] >= 39
         assert "id" not in model  # Grafana assigns ids; a fixed id would clash across instances
-        ids = [p["id"] for p in model["panels"]]
+        ids = [p["id"] for p in all_panels(model)]
         assert ids == list(range(1, len(ids) + 1))
-        for panel in model["panels"]:
+        for panel in all_panels(model):
             assert panel["type"] in KNOWN_PANEL_TYPES, panel["type"]
             assert panel["title"]
             if panel["type"] not in ("row", "alertlist"):
@@ -276,18 +303,31 @@ def test_dashboard_models_have_the_required_shape():
                 assert len(set(ref_ids)) == len(ref_ids)
 
 
+def assert_no_overlap(title: str, panels: list[dict]) -> None:
+    taken: set[tuple[int, int]] = set()
+    for panel in panels:
+        pos = panel["gridPos"]
+        assert pos["x"] >= 0 and pos["y"] >= 0 and pos["w"] >= 1 and pos["h"] >= 1
+        assert pos["x"] + pos["w"] <= dash.GRID_COLUMNS, panel["title"]
+        if panel["type"] == "row":
+            assert pos["w"] == dash.GRID_COLUMNS and pos["x"] == 0
+        cells = {(pos["x"] + dx, pos["y"] + dy) for dx in range(pos["w"]) for dy in range(pos["h"])}
+        assert not cells & taken, f"{title}: {panel['title']} overlaps another panel"
+        taken |= cells
+
+
 def test_grid_positions_fit_and_do_not_overlap():
+    collapsed_rows = 0
     for model in all_models().values():
-        taken: set[tuple[int, int]] = set()
-        for panel in model["panels"]:
-            pos = panel["gridPos"]
-            assert pos["x"] >= 0 and pos["y"] >= 0 and pos["w"] >= 1 and pos["h"] >= 1
-            assert pos["x"] + pos["w"] <= dash.GRID_COLUMNS, panel["title"]
-            if panel["type"] == "row":
-                assert pos["w"] == dash.GRID_COLUMNS and pos["x"] == 0
-            cells = {(pos["x"] + dx, pos["y"] + dy) for dx in range(pos["w"]) for dy in range(pos["h"])}
-            assert not cells & taken, f"{model['title']}: {panel['title']} overlaps another panel"
-            taken |= cells
+        assert_no_overlap(model["title"], model["panels"])  # what shows when the dashboard opens
+        for row in (p for p in model["panels"] if p["type"] == "row"):
+            # A collapsed row keeps its panels laid out below it, as Grafana places them when opened.
+            assert row["collapsed"] == bool(row["panels"])
+            if row["panels"]:
+                collapsed_rows += 1
+                assert min(p["gridPos"]["y"] for p in row["panels"]) == row["gridPos"]["y"] + 1
+                assert_no_overlap(f"{model['title']} / {row['title']}", row["panels"])
+    assert collapsed_rows == dash.EXPANDED_SLO_ROWS + 1
 
 
 def test_panel_datasources_exist_in_the_datasource_file():
@@ -298,7 +338,7 @@ def test_panel_datasources_exist_in_the_datasource_file():
     for model in all_models().values():
         variables = {v["name"]: v for v in model["templating"]["list"]}
         refs = []
-        for panel in model["panels"]:
+        for panel in all_panels(model):
             refs += [panel["datasource"]] if "datasource" in panel else []
             refs += [t["datasource"] for t in panel.get("targets", [])]
             if panel["type"] == "alertlist":
@@ -320,19 +360,69 @@ def test_panel_datasources_exist_in_the_datasource_file():
 # ---------------------------------------------------------------------------------------
 
 
-def test_uid_is_stable_short_and_derived_from_the_title():
-    assert dash.dashboard_uid("WebSocket overview") == dash.dashboard_uid("WebSocket overview")
-    assert dash.dashboard_uid("WebSocket overview").startswith("websocket-overview-")
-    assert dash.dashboard_uid("A") != dash.dashboard_uid("a")  # same slug, different titles
-    long_uid = dash.dashboard_uid("A very long dashboard title that goes on and on " * 3)
-    assert len(long_uid) <= 40 and re.fullmatch(r"[a-z0-9-]+", long_uid)
-    assert re.fullmatch(r"[0-9a-f]{8}", dash.dashboard_uid("Überblick ☃"[-1]))
+def test_uid_is_stable_short_and_derived_from_project_and_title():
+    uid = dashboard_ids.dashboard_uid("demo", "WebSocket overview")
+    assert uid == dashboard_ids.dashboard_uid("demo", "WebSocket overview")
+    assert re.fullmatch(r"demo-websocket-overview-[0-9a-f]{8}", uid)
+    assert dashboard_ids.dashboard_uid("other", "WebSocket overview").startswith("other-websocket-overview-")
+    assert dashboard_ids.dashboard_uid("demo", "A") != dashboard_ids.dashboard_uid("demo", "a")  # same slugs
+    # "a-b" + "c" and "a" + "b-c" give the same words; the hash tells them apart
+    assert dashboard_ids.dashboard_uid("a-b", "c") != dashboard_ids.dashboard_uid("a", "b c")
+    assert re.fullmatch(r"demo-[0-9a-f]{8}", dashboard_ids.dashboard_uid("demo", "☃"))
+
+
+@pytest.mark.parametrize("project, title, expected", [
+    # both fit: all of both
+    ("obsgen-demo", "WebSocket overview", "obsgen-demo-websocket-overview"),
+    # a long title after a short project keeps the whole project
+    ("demo", "Observability stack health and more", "demo-observability-stack-health"),
+    # both long: each keeps at least 15 characters
+    ("a-very-long-project-name-indeed", "Observability stack health", "a-very-long-pro-observability-s"),
+    ("obsgen-demo", "Observability stack health", "obsgen-demo-observability-stack"),
+])
+def test_uid_keeps_both_names_readable_within_40_characters(project, title, expected):
+    uid = dashboard_ids.dashboard_uid(project, title)
+    assert len(uid) <= dashboard_ids.MAX_UID_LENGTH and re.fullmatch(dashboard_ids.UID_PATTERN, uid)
+    assert uid.rsplit("-", 1)[0] == expected
+
+
+def test_two_projects_in_one_grafana_get_distinct_uids():
+    first = render_models(project="shop", slos=SLOS, dashboards={"custom": [{"title": "Mine", "panels": [
+        {"title": "p", "expr": "up"}]}]})
+    second = render_models(project="shop-eu", slos=SLOS, dashboards={"custom": [{"title": "Mine", "panels": [
+        {"title": "p", "expr": "up"}]}]})
+    assert len(first) == len(second) == 4  # two built-in, the SLO dashboard, one custom
+    assert not set(first) & set(second)
+    longest = "x" * 63  # the longest project name the spec accepts
+    third = render_models(project=longest, slos=SLOS)
+    for uid in [*first, *second, *third]:
+        assert len(uid) <= dashboard_ids.MAX_UID_LENGTH and re.fullmatch(dashboard_ids.UID_PATTERN, uid), uid
+    assert check.dashboard_uid_problems({f"{u}.json": {"uid": u} for u in [*first, *second, *third]}) == []
+
+
+def test_runbooks_link_every_provisioned_dashboard_by_its_uid():
+    spec = Spec.model_validate({**SPEC, "slos": SLOS, "dashboards": {"custom": [
+        {"title": "Mine", "panels": [{"title": "p", "expr": "up"}]},
+        {"title": "Fixed", "uid": "fixed-uid", "panels": [{"title": "p", "expr": "up"}]}]}})
+    models = grafana.dashboards(spec)
+    links = runbooks.links(spec, Topology(spec))["dashboards"]
+    grafana_url = f"http://localhost:{Topology(spec).port('grafana', 'http')}/d/"
+    assert [(title, url.removeprefix(grafana_url)) for title, url in links] == [
+        (m["title"], uid) for uid, m in models.items()
+    ]
+    assert [title for title, _ in links] == [
+        "Observability stack health", "WebSocket overview", dashboard_ids.SLO_DASHBOARD_TITLE, "Mine", "Fixed"]
+
+
+def test_builtin_titles_are_read_like_the_renderer_reads_them():
+    assert dashboard_ids.builtin_titles() == tuple(d.title for d in dash.builtin_definitions())
+    assert all(d.uid is None for d in dash.builtin_definitions())  # derived per project, never fixed
 
 
 def test_custom_dashboard_is_rendered_with_its_queries_as_written():
     models = all_models()
     custom = by_title(models, "Business")
-    assert custom["uid"] == dash.dashboard_uid("Business")
+    assert custom["uid"] == dashboard_ids.dashboard_uid("demo", "Business")
     exprs = [t["expr"] for _, t in prometheus_targets(custom)]
     assert exprs == [
         "sum(rate(orders_total[$__rate_interval]))",
@@ -435,11 +525,246 @@ def test_definition_format_is_checked_on_load():
         dash.DashboardDef.model_validate({"title": "t", "rows": [{"panels": [{"title": "p"}]}]})
     with pytest.raises(ValueError, match="shadow"):
         dash.DashboardDef.model_validate({**base, "metrics": {"ACTIVE_CONNECTIONS": "x"}})
+    def panel_with(**fields):
+        return {"title": "t", "rows": [{"panels": [{"title": "p", "expr": "up", **fields}]}]}
+
+    dash.DashboardDef.model_validate(panel_with(thresholds=[{"color": "red"}, {"color": "green", "value": 0.99}],
+                                                threshold_style="dashed"))
+    with pytest.raises(ValueError, match="the first step has no value"):
+        dash.DashboardDef.model_validate(panel_with(thresholds=[{"color": "red", "value": 1}]))
+    with pytest.raises(ValueError, match="must rise"):
+        dash.DashboardDef.model_validate(panel_with(thresholds=[
+            {"color": "red"}, {"color": "green", "value": 2}, {"color": "blue", "value": 1}]))
+    with pytest.raises(ValueError, match="threshold_style applies to timeseries"):
+        dash.DashboardDef.model_validate(panel_with(type="stat", threshold_style="line"))
+    with pytest.raises(ValueError, match="only a titled row can be collapsed"):
+        dash.DashboardDef.model_validate({"title": "t", "rows": [{"collapsed": True, "panels": [
+            {"title": "p", "expr": "up"}]}]})
     broken = dash.DashboardDef.model_validate(
         {"title": "t", "rows": [{"panels": [{"title": "p", "expr": "sum(@ACTIVE_CONNECTIONS"}]}]}
     )
     with pytest.raises(dash.DashboardDefinitionError, match="panel 'p', query A: query does not parse"):
-        dash.build_dashboard(broken, [])
+        dash.build_dashboard(broken, [], "demo")
+
+
+# ---------------------------------------------------------------------------------------
+# The SLO dashboard
+# ---------------------------------------------------------------------------------------
+
+
+def slo_spec(**extra) -> Spec:
+    return Spec.model_validate({**SPEC, "slos": SLOS, **extra})
+
+
+def slo_model(spec: Spec | None = None) -> dict:
+    spec = spec or slo_spec()
+    return grafana.dashboards(spec)[dashboard_ids.dashboard_uid(spec.project, dashboard_ids.SLO_DASHBOARD_TITLE)]
+
+
+def slo_rows(model: dict) -> dict[str, list[dict]]:
+    """Row title -> its panels (open or collapsed)."""
+    rows: dict[str, list[dict]] = {}
+    current: list[dict] = []
+    for panel in model["panels"]:
+        if panel["type"] == "row":
+            current = rows.setdefault(panel["title"], list(panel["panels"]))
+        else:
+            current.append(panel)
+    return rows
+
+
+def row_of(model: dict, slo) -> list[dict]:
+    return slo_rows(model)[f"{slo.name}: {slo_series.percent(slo)} over {slo.window}"]
+
+
+def panel(panels: list[dict], title: str) -> dict:
+    """The panel titled ``title``, else the one panel whose title starts with it."""
+    (found,) = [p for p in panels if p["title"] == title] or [p for p in panels if p["title"].startswith(title)]
+    return found
+
+
+def steps(panel_model: dict) -> list[tuple[str, float | None]]:
+    return [(s["color"], s["value"]) for s in panel_model["fieldConfig"]["defaults"]["thresholds"]["steps"]]
+
+
+def test_slo_dashboard_is_rendered_for_every_spec_with_slos_and_only_then():
+    assert dashboard_ids.SLO_DASHBOARD_TITLE not in [m["title"] for m in render_models().values()]
+    spec = slo_spec(dashboards={"builtin": False})
+    models = grafana.dashboards(spec)
+    assert [m["title"] for m in models.values()] == [dashboard_ids.SLO_DASHBOARD_TITLE]
+    files = grafana.render(spec, Topology(spec))
+    (path,) = [p for p in files if p.startswith(f"{grafana.DASHBOARDS_DIR}/")]
+    assert path == f"{grafana.DASHBOARDS_DIR}/{dashboard_ids.dashboard_uid('demo', 'SLOs')}.json"
+    assert json.loads(files[path]) == slo_model(spec)
+
+
+def test_every_slo_gets_its_row_with_every_panel():
+    spec = slo_spec()
+    model = slo_model(spec)
+    assert list(slo_rows(model)) == ["All SLOs"] + [
+        f"{slo.name}: {slo_series.percent(slo)} over {slo.window}" for slo in spec.slos]
+    assert [row["collapsed"] for row in model["panels"] if row["type"] == "row"] == [False] * 4
+    for slo in spec.slos:
+        panels = row_of(model, slo)
+        burns = slo_series.burn_windows(slo)
+        assert [p["title"] for p in panels] == [
+            f"SLI against the {slo_series.percent(slo)} objective", f"SLI over {slo.window}",
+            "Error budget remaining", "Error budget consumed", "Error budget remaining over time",
+            "Time to exhaustion at the 1h burn", "Alerts", "Alert history",
+        ] + [f"Burn rate {b.long} & {b.short}: {b.alert} above {slo_series.decimal_text(b.factor)}×" for b in burns]
+        # every query of the row reads this SLO's series, and no other SLO's
+        for p in panels:
+            for target in p["targets"]:
+                for selector in vector_selectors(target["expr"]):
+                    matchers = {(m.name, m.value) for m in selector.matchers.matchers}
+                    assert ("slo", slo.name) in matchers, (p["title"], target["expr"])
+
+
+def test_sli_panels_draw_the_objective_and_read_the_recorded_ratios():
+    spec = slo_spec()
+    model = slo_model(spec)
+    for slo in spec.slos:
+        panels = row_of(model, slo)
+        objective = slo.objective / 100
+        sli = panel(panels, "SLI against")
+        assert steps(sli) == [("red", None), ("green", pytest.approx(objective, abs=1e-12))]
+        assert sli["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"] == {"mode": "dashed"}
+        assert [t["expr"] for t in sli["targets"]] == [
+            f'1 - slo:sli_error:ratio_rate5m{{slo="{slo.name}"}}', f'1 - slo:sli_error:ratio_rate1h{{slo="{slo.name}"}}']
+        whole = panel(panels, "SLI over")
+        assert [t["expr"] for t in whole["targets"]] == [
+            f'1 - slo:sli_error:ratio_rate{slo.window}{{slo="{slo.name}"}}', f'slo:objective:ratio{{slo="{slo.name}"}}']
+        assert steps(whole) == steps(sli)
+        # 99.9 -> two decimals of a percent (99.95%), 99 -> one, 95.25 -> three
+        assert sli["fieldConfig"]["defaults"]["decimals"] == {99.9: 2, 99: 1, 95.25: 3}[slo.objective]
+
+
+def test_budget_panels_read_the_budget_series():
+    spec = slo_spec()
+    model = slo_model(spec)
+    for slo in spec.slos:
+        panels = row_of(model, slo)
+        selector = f'{{slo="{slo.name}"}}'
+        assert panel(panels, "Error budget remaining")["targets"][0]["expr"] == f"slo:error_budget_remaining:ratio{selector}"
+        assert panel(panels, "Error budget consumed")["targets"][0]["expr"] == f"slo:error_budget_consumed:ratio{selector}"
+        over_time = panel(panels, "Error budget remaining over time")
+        assert over_time["type"] == "timeseries" and steps(over_time) == [("red", None), ("green", 0)]
+        exhaustion = panel(panels, "Time to exhaustion")
+        window = int(parse_duration(slo.window))
+        assert exhaustion["targets"][0]["expr"] == (
+            f"clamp(slo:error_budget_exhaustion:seconds{selector}, 0, {window})"
+            f" or on(slo) (slo:sli_error:ratio_rate1h{selector} == 0) + {window}")
+        assert exhaustion["fieldConfig"]["defaults"]["mappings"] == [
+            {"options": {"0": {"color": "red", "index": 0, "text": "spent"}}, "type": "value"},
+            {"options": {str(window): {"color": "green", "index": 1, "text": f"more than {slo.window}"}},
+             "type": "value"},
+        ]
+
+
+# The SRE workbook's factors for a 30-day SLO, and the same formula (budget % x window / long window)
+# worked out by hand for 28 and 7 days.
+EXPECTED_FACTORS = {
+    "30d": [14.4, 6, 3, 1],
+    "28d": [13.44, 5.6, 2.8, 28 / 30],
+    "7d": [3.36, 1.4, 0.7, 7 / 30],
+}
+
+
+def test_burn_rate_panels_show_each_alert_window_against_its_factor():
+    spec = slo_spec()
+    model = slo_model(spec)
+    for slo in spec.slos:
+        panels = [p for p in row_of(model, slo) if p["title"].startswith("Burn rate")]
+        burns = slo_series.burn_windows(slo)
+        assert [(b.long, b.short) for b in burns] == [("1h", "5m"), ("6h", "30m"), ("1d", "2h"), ("3d", "6h")]
+        budget = slo_series.decimal_text(slo_series.budget(slo))
+        for burn_panel, burn, expected in zip(panels, burns, EXPECTED_FACTORS[slo.window], strict=True):
+            assert steps(burn_panel) == [("green", None), ("red", pytest.approx(expected, rel=1e-9))]
+            assert steps(burn_panel)[1][1] == float(burn.factor)
+            assert burn_panel["fieldConfig"]["defaults"]["custom"]["thresholdsStyle"] == {"mode": "dashed"}
+            assert [(t["expr"], t["legendFormat"]) for t in burn_panel["targets"]] == [
+                (f'slo:sli_error:ratio_rate{burn.long}{{slo="{slo.name}"}} / {budget}', f"over {burn.long}"),
+                (f'slo:sli_error:ratio_rate{burn.short}{{slo="{slo.name}"}} / {budget}', f"over {burn.short}"),
+            ]
+            assert burn_panel["fieldConfig"]["defaults"]["min"] == 0
+
+
+def test_alert_panels_show_the_state_of_each_slo_alert():
+    spec = slo_spec()
+    model = slo_model(spec)
+    for slo in spec.slos:
+        burn, absent = slo_series.slo_alert_names(slo.name)
+        panels = row_of(model, slo)
+        state, history = panel(panels, "Alerts"), panel(panels, "Alert history")
+        assert history["type"] == "state-timeline" and state["type"] == "stat"
+        assert state["targets"] == history["targets"]
+        assert [t["legendFormat"] for t in state["targets"]] == ["page", "ticket", "SLI absent"]
+        page = state["targets"][0]["expr"]
+        assert page == (
+            f'max(ALERTS{{alertname="{burn}",slo="{slo.name}",slo_alert="page",alertstate="firing"}}) * 2'
+            f' or max(ALERTS{{alertname="{burn}",slo="{slo.name}",slo_alert="page",alertstate="pending"}})'
+            " or vector(0)")
+        assert f'alertname="{absent}"' in state["targets"][2]["expr"]
+        for p in (state, history):
+            mappings = p["fieldConfig"]["defaults"]["mappings"]
+            assert [(list(m["options"]), list(m["options"].values())[0]["text"]) for m in mappings] == [
+                (["0"], "OK"), (["1"], "pending"), (["2"], "firing")]
+    overview = slo_rows(model)["All SLOs"]
+    names = "|".join(slo.name for slo in spec.slos)
+    assert panel(overview, "SLO alerts")["options"]["alertInstanceLabelFilter"] == f'{{slo=~"{names}"}}'
+    assert panel(overview, "Error budget remaining by SLO")["targets"][0]["expr"] == (
+        f'slo:error_budget_remaining:ratio{{slo=~"{names}"}}')
+
+
+def test_slo_queries_read_recorded_series_and_divide_only_by_numbers():
+    """No NaN on a healthy stack: ratios are recorded as 0 at zero traffic, and a panel never divides
+    by a series (only by the budget, a number), so nothing here can become 0/0."""
+    spec = slo_spec()
+    recorded = {slo_series.OBJECTIVE, slo_series.BUDGET_REMAINING, slo_series.BUDGET_CONSUMED,
+                slo_series.TIME_TO_EXHAUSTION, "ALERTS"}
+    for slo in spec.slos:
+        recorded |= {slo_series.record(w) for w in slo_series.sorted_windows()} | {slo_series.record(slo.window)}
+    divisions = 0
+    for p, target in prometheus_targets(slo_model(spec)):
+        tree = promql_parser.parse(target["expr"])
+
+        def visit(node):
+            nonlocal divisions
+            if isinstance(node, promql_parser.VectorSelector):
+                assert node.name in recorded, (p["title"], node.name)
+            if isinstance(node, promql_parser.BinaryExpr) and str(node.op) == "/":
+                divisions += 1
+                assert isinstance(node.rhs, promql_parser.NumberLiteral) and node.rhs.val > 0, target["expr"]
+
+        promql_parser.walk(tree, visit)
+    assert divisions == len(spec.slos) * 4 * 2  # the burn rates: two windows per alert condition
+
+
+def test_slo_dashboard_passes_obsgen_checks_and_uses_no_other_variable():
+    spec = slo_spec()
+    files = grafana.render(spec, Topology(spec))
+    dashboards = {path: json.loads(text) for path, text in files.items() if path.endswith(".json")}
+    assert check.dashboard_uid_problems(dashboards) == []
+    expressions = check.dashboard_expressions(dashboards)
+    assert len(expressions) > 3 * 16
+    assert check.promql_problems(expressions, grafana=True) == []
+    (text,) = [t for p, t in files.items() if p.endswith(f"{slo_model(spec)['uid']}.json")]
+    assert set(re.findall(r"\$\{?\w+\}?", text)) == {"${datasource}"}
+
+
+def test_many_slos_start_collapsed_under_the_overview():
+    many = [{**SLOS[0], "name": f"slo-{index}"} for index in range(dash.EXPANDED_SLO_ROWS + 1)]
+    model = slo_model(slo_spec(slos=many))
+    rows = [p for p in model["panels"] if p["type"] == "row"]
+    assert [(r["title"], r["collapsed"]) for r in rows] == [("All SLOs", False)] + [
+        (f"slo-{i}: 99.9% over 30d", True) for i in range(len(many))]
+    # collapsed rows stack one grid line apart; their panels are inside them
+    assert [r["gridPos"]["y"] for r in rows[1:]] == list(range(rows[1]["gridPos"]["y"], rows[1]["gridPos"]["y"] + 4))
+    assert all(len(r["panels"]) == 12 for r in rows[1:])
+
+
+def test_slo_dashboard_is_deterministic():
+    assert json.dumps(slo_model(), sort_keys=True) == json.dumps(slo_model(), sort_keys=True)
 
 
 # ---------------------------------------------------------------------------------------

@@ -46,6 +46,22 @@ def test_renders_provisioning_and_one_file_per_dashboard():
         assert path == f"grafana/dashboards/{model['uid']}.json"
 
 
+def test_a_spec_with_slos_gets_the_slo_dashboard_file_too():
+    files = render(slos=[{"name": "avail", "objective": 99.5, "events": {
+        "error_query": "sum(rate(errors_total[$window]))", "total_query": "sum(rate(requests_total[$window]))"}}])
+    models = [json.loads(text) for path, text in files.items() if path.startswith(f"{grafana.DASHBOARDS_DIR}/")]
+    assert sorted(m["title"] for m in models) == ["Observability stack health", "SLOs", "WebSocket overview"]
+    assert all(m["uid"].startswith("demo-") for m in models)
+
+
+def test_two_projects_can_share_one_dashboards_folder():
+    """Dashboard files are named by uid and uids carry the project: a second bundle's files land
+    beside the first's in one Grafana instead of replacing them."""
+    first = {p for p in render() if p.startswith(grafana.DASHBOARDS_DIR)}
+    second = {p for p in render(project="demo-two") if p.startswith(grafana.DASHBOARDS_DIR)}
+    assert len(first) == len(second) == 2 and not first & second
+
+
 def test_datasources_have_fixed_uids_and_compose_urls():
     by_uid = datasources(render())
     assert {uid: d["type"] for uid, d in by_uid.items()} == {
