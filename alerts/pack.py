@@ -22,6 +22,7 @@ import yaml
 
 from exporter import catalog
 from exporter.catalog import Metric
+from stack.durations import parse_duration
 
 KINDS = ("up", "missing_metrics", "ratio", "quantile", "gauge", "rate")
 UNITS = ("ratio", "seconds", "count", "per_second")
@@ -276,8 +277,6 @@ def _duration(where: str, value: Any) -> str:
 
 def duration_seconds(text: str) -> float:
     """Seconds in a Prometheus duration (already checked)."""
-    from stack.spec import parse_duration
-
     return parse_duration(text)
 
 

@@ -31,6 +31,8 @@ from pydantic import (
     model_validator,
 )
 
+from stack.dashboard_ids import generated_dashboards, uid_for
+from stack.durations import parse_duration
 from stack.errors import KeyPathError
 
 SPEC_VERSION = 1
@@ -38,25 +40,6 @@ SPEC_VERSION = 1
 # ---------------------------------------------------------------------------------------
 # Scalars with their own rules
 # ---------------------------------------------------------------------------------------
-
-_DURATION_RE = re.compile(r"^((\d+)y)?((\d+)w)?((\d+)d)?((\d+)h)?((\d+)m)?((\d+)s)?((\d+)ms)?$")
-_UNIT_SECONDS = {"y": 365 * 86400, "w": 7 * 86400, "d": 86400, "h": 3600, "m": 60, "s": 1}
-
-
-def parse_duration(text: str) -> float:
-    """Seconds in a Prometheus duration ("30s", "1h30m", "500ms"); ValueError when malformed."""
-    match = _DURATION_RE.match(text) if isinstance(text, str) else None
-    if not text or match is None or not any(match.groups()):
-        raise ValueError(f"{text!r} is not a duration: expected a Prometheus duration such as 30s, 5m, 1h30m, 7d")
-    seconds = 0.0
-    for unit, group in zip(("y", "w", "d", "h", "m", "s", "ms"), (2, 4, 6, 8, 10, 12, 14)):
-        value = match.group(group)
-        if value:
-            seconds += int(value) * (0.001 if unit == "ms" else _UNIT_SECONDS[unit])
-    if seconds <= 0:
-        raise ValueError(f"{text!r} must be longer than zero")
-    return seconds
-
 
 def _duration(value: str) -> str:
     parse_duration(value)
@@ -896,18 +879,6 @@ class Dashboards(Model):
     @model_validator(mode="after")
     def _unique_uids(self) -> "Dashboards":
         problems = _duplicates(("custom",), "uid", [d.uid for d in self.custom])
-        if self.builtin and self.custom:
-            # Dashboard definitions are component data; the clash is the spec's to report.
-            from stack.renderers.dashboards import builtin_uids, dashboard_uid
-
-            taken = builtin_uids()
-            for index, dashboard in enumerate(self.custom):
-                uid = dashboard.uid or dashboard_uid(dashboard.title)
-                if uid in taken:
-                    key = "uid" if dashboard.uid else "title"
-                    problems.append(
-                        (("custom", index, key), f"uid {uid!r} is taken by the built-in dashboard {taken[uid]!r}; choose another {key}")
-                    )
         if problems:
             raise KeyPathError(problems)
         return self
@@ -1016,6 +987,22 @@ class Spec(Model):
         from stack.topology import port_conflicts, receiver_conflicts, service_conflicts
 
         problems = [*service_conflicts(self), *receiver_conflicts(self), *port_conflicts(self)]
+        if problems:
+            raise KeyPathError(problems)
+        return self
+
+    @model_validator(mode="after")
+    def _dashboard_uids_free(self) -> "Spec":
+        """A custom dashboard may not take the uid of one obsgen writes for this project."""
+        taken = {uid: title for title, uid in generated_dashboards(
+            self.project, builtin=self.dashboards.builtin, slos=bool(self.slos))}
+        problems = []
+        for index, dashboard in enumerate(self.dashboards.custom):
+            uid = uid_for(self.project, dashboard.title, dashboard.uid)
+            if uid in taken:
+                key = "uid" if dashboard.uid else "title"
+                problems.append((("dashboards", "custom", index, key),
+                                 f"uid {uid!r} is taken by obsgen's dashboard {taken[uid]!r}; choose another {key}"))
         if problems:
             raise KeyPathError(problems)
         return self

@@ -281,20 +281,6 @@ def builtin_definitions() -> tuple[DashboardDef, ...]:
     return tuple(definitions)
 
 
-# What stack/spec.py imports for its check of custom dashboards against the built-in ones
-# (Dashboards._unique_uids). That check runs before the project is known, so it compares uids
-# as they would be in a project named "": the same title gives the same uid in any one project,
-# so every clash by title is found. A custom uid equal to a project's derived uid is refused by
-# grafana.dashboards() when rendering.
-def dashboard_uid(title: str) -> str:
-    return uid_for("", title)
-
-
-def builtin_uids() -> dict[str, str]:
-    """uid -> title of every dashboard obsgen writes (see above: in a project named "")."""
-    return {uid_for("", title): title for title in (*builtin_titles(), SLO_DASHBOARD_TITLE)}
-
-
 def custom_definition(custom: CustomDashboard) -> DashboardDef:
     """A spec's custom dashboard as a definition: one untitled row, PromQL as written."""
     panels = [

@@ -453,7 +453,7 @@ def test_builtin_dashboards_can_be_turned_off():
     "custom, message",
     [
         ({"title": "x", "uid": "u" * 41, "panels": [{"title": "p", "expr": "up"}]}, r"\{1,40\}"),
-        ({"title": "WebSocket overview", "panels": [{"title": "p", "expr": "up"}]}, "taken by the built-in"),
+        ({"title": "WebSocket overview", "panels": [{"title": "p", "expr": "up"}]}, "taken by obsgen's dashboard"),
         ({"title": "x", "panels": [{"title": "p", "expr": "rate(up[$__rate_interval]"}]}, "does not parse"),
         ({"title": "x", "panels": [{"title": "p", "expr": "up", "width": 25}]}, "less than or equal to 24"),
     ],
@@ -461,6 +461,24 @@ def test_builtin_dashboards_can_be_turned_off():
 def test_bad_custom_dashboards_are_refused_by_the_spec(custom, message):
     with pytest.raises(ValueError, match=message):
         Spec.model_validate({**SPEC, "dashboards": {"custom": [custom]}})
+
+
+def test_a_custom_dashboard_may_not_take_a_uid_obsgen_derives_for_this_project():
+    from stack.dashboard_ids import dashboard_uid
+
+    panels = [{"title": "p", "expr": "up"}]
+    derived = dashboard_uid("demo", "WebSocket overview")
+    with pytest.raises(ValueError, match=r"dashboards\.custom\[0\]\.uid: uid '.*' is taken by obsgen's dashboard"):
+        Spec.model_validate({**SPEC, "dashboards": {"custom": [{"title": "mine", "uid": derived, "panels": panels}]}})
+    # The SLO dashboard is obsgen's whenever there are SLOs, even with the built-in ones off.
+    slo = {"name": "avail", "objective": 99.9, "events": {
+        "error_query": "sum(rate(e_total[$window]))", "total_query": "sum(rate(t_total[$window]))"}}
+    with pytest.raises(ValueError, match=r"dashboards\.custom\[0\]\.title: .* taken by obsgen's dashboard 'SLOs'"):
+        Spec.model_validate({**SPEC, "slos": [slo], "dashboards": {"builtin": False, "custom": [
+            {"title": "SLOs", "panels": panels}]}})
+    # Another project derives other uids: the same custom uid is free there.
+    Spec.model_validate({**SPEC, "project": "other", "dashboards": {"custom": [
+        {"title": "mine", "uid": derived, "panels": panels}]}})
 
 
 def test_duplicate_custom_uids_are_refused():
