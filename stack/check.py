@@ -533,11 +533,8 @@ OWN_CHECKS: tuple[Callable[[Path], CheckResult], ...] = (
 
 
 def run_checks(bundle: str | os.PathLike) -> list[CheckResult]:
+    """Every check of a compose or local bundle (stack.check_bundle picks the kind of bundle)."""
     root = Path(bundle).resolve()
-    from stack import check_kubernetes  # imports this module: loaded here, not at the top
-
-    if check_kubernetes.is_kubernetes_bundle(root):
-        return check_kubernetes.run_checks(root)
     results: list[CheckResult] = []
     for check in (*TOOL_CHECKS, *OWN_CHECKS):
         outcome = check(root)

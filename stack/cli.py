@@ -79,7 +79,8 @@ def cmd_schema(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
 
 
 def cmd_check(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
-    from stack.check import format_report, run_checks
+    from stack.check import format_report
+    from stack.check_bundle import run_checks
 
     bundle_dir = Path(args.dir)
     if not bundle_dir.is_dir():

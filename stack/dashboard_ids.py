@@ -16,12 +16,9 @@ import hashlib
 import re
 from functools import lru_cache
 from importlib import resources
-from typing import TYPE_CHECKING
 
 import yaml
 
-if TYPE_CHECKING:  # the spec model is read, never imported at run time: it stays below this module
-    from stack.spec import Spec
 
 MAX_UID_LENGTH = 40  # Grafana refuses longer dashboard uids
 UID_PATTERN = r"^[a-zA-Z0-9_-]{1,40}$"  # what Grafana accepts as a dashboard uid
@@ -72,7 +69,7 @@ def generated_dashboards(project: str, *, builtin: bool, slos: bool) -> list[tup
     return [(title, dashboard_uid(project, title)) for title in titles]
 
 
-def provisioned_dashboards(spec: "Spec") -> list[tuple[str, str]]:
+def provisioned_dashboards(spec) -> list[tuple[str, str]]:  # a stack.spec.Spec: not imported, the spec imports this module
     """(title, uid) of every dashboard the bundle provisions, in the order the renderer writes them."""
     dashboards = generated_dashboards(spec.project, builtin=spec.dashboards.builtin, slos=bool(spec.slos))
     dashboards += [(c.title, uid_for(spec.project, c.title, c.uid)) for c in spec.dashboards.custom]

@@ -16,7 +16,8 @@ import pytest
 import yaml
 
 from stack import check_kubernetes
-from stack.check import check_pint, format_report, run_checks
+from stack.check import check_pint, format_report
+from stack.check_bundle import run_checks
 from stack.load import load_default_spec, load_spec_file
 from stack.render import render_bundle
 from stack.renderers import alertmanager, collector, grafana, kubernetes, rules
