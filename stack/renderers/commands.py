@@ -9,7 +9,7 @@ Pure: no I/O.
 
 from __future__ import annotations
 
-from stack.spec import Spec
+from stack.spec import Service, Spec
 from stack.topology import Topology
 
 
@@ -53,3 +53,22 @@ def redis(spec: Spec, topology: Topology) -> list[str]:
     if topology.local:
         args += ["--bind", "127.0.0.1"]
     return args
+
+
+def server_environment(topology: Topology, service: Service, port: int, jwt_secret_file: str,
+                       redis_url: str | None) -> dict[str, str]:
+    """The instrumented server's settings (it reads OBSGEN_* variables), for every container target."""
+    environment = {
+        "OBSGEN_HOST": topology.listen_host,
+        "OBSGEN_PORT": str(port),
+        "OBSGEN_JWT_SECRET_FILE": jwt_secret_file,
+        "OBSGEN_BROKER": "redis" if redis_url else "memory",
+        "OBSGEN_SERVICE_NAME": service.name,
+        "OBSGEN_TELEMETRY": "true",
+    }
+    if redis_url:
+        environment["OBSGEN_REDIS_URL"] = redis_url
+    if service.otlp:
+        environment["OBSGEN_OTLP_ENDPOINT"] = topology.url("collector", "otlp_http")
+        environment["OBSGEN_LOGS"] = "otlp"
+    return environment

@@ -335,19 +335,9 @@ def _server_instances(spec: Spec, topology: Topology, service: Service) -> dict[
     result = {}
     for instance in range(service.instances):
         port = base_port + instance
-        environment = {
-            "OBSGEN_HOST": topology.listen_host,
-            "OBSGEN_PORT": str(port),
-            "OBSGEN_JWT_SECRET_FILE": f"/run/secrets/{JWT_SECRET}",
-            "OBSGEN_BROKER": "redis" if redis else "memory",
-            "OBSGEN_SERVICE_NAME": service.name,
-            "OBSGEN_TELEMETRY": "true",
-        }
-        if redis:
-            environment["OBSGEN_REDIS_URL"] = f"redis://{topology.address('redis', 'redis')}/0"
-        if service.otlp:
-            environment["OBSGEN_OTLP_ENDPOINT"] = topology.url("collector", "otlp_http")
-            environment["OBSGEN_LOGS"] = "otlp"
+        environment = commands.server_environment(
+            topology, service, port, f"/run/secrets/{JWT_SECRET}",
+            f"redis://{topology.address('redis', 'redis')}/0" if redis else None)
         depends_on = {**_started("collector"), **_staged()}
         if redis:
             depends_on.update(_healthy("redis"))

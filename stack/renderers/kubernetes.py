@@ -367,20 +367,9 @@ def server_objects(spec: Spec, topology: Topology, service: Service) -> list[dic
     """The built-in server: probes on /readyz and /healthz, a drain that closes with 1001, a PDB."""
     port = service.metrics.port  # WebSocket, /metrics, /healthz and /readyz share one port
     redis = spec.components.redis.enabled or spec.kubernetes.redis_url is not None
-    env = {
-        "OBSGEN_HOST": topology.listen_host,
-        "OBSGEN_PORT": str(port),
-        "OBSGEN_JWT_SECRET_FILE": f"{SECRETS_DIR}/{JWT_SECRET}",
-        "OBSGEN_BROKER": "redis" if redis else "memory",
-        "OBSGEN_SERVICE_NAME": service.name,
-        "OBSGEN_TELEMETRY": "true",
-        "OBSGEN_DRAIN_TIMEOUT": str(DRAIN_TIMEOUT_SECONDS),
-    }
-    if redis:
-        env["OBSGEN_REDIS_URL"] = redis_url(spec, topology)
-    if service.otlp:
-        env["OBSGEN_OTLP_ENDPOINT"] = topology.url("collector", "otlp_http")
-        env["OBSGEN_LOGS"] = "otlp"
+    env = commands.server_environment(topology, service, port, f"{SECRETS_DIR}/{JWT_SECRET}",
+                                      redis_url(spec, topology) if redis else None)
+    env["OBSGEN_DRAIN_TIMEOUT"] = str(DRAIN_TIMEOUT_SECONDS)
     container = {
         "name": "server", "image": image_for(spec, "server"),
         "env": [{"name": k, "value": v} for k, v in env.items()],
