@@ -23,6 +23,7 @@ import yaml
 from exporter import catalog
 from exporter.catalog import Metric
 from stack.durations import parse_duration
+from stack.promtext import template_problems
 
 KINDS = ("up", "missing_metrics", "ratio", "quantile", "gauge", "rate")
 UNITS = ("ratio", "seconds", "count", "per_second")
@@ -370,8 +371,6 @@ def _alert(group: str, in_pack: bool, raw: Any, index: int) -> PackAlert:
     summary = raw["summary"]
     if "{{" in summary or not summary.endswith(".") or summary.count(". ") > 0:
         raise PackError(f"{where}: summary must be one static sentence ending with a period")
-    from stack.renderers.promtext import template_problems
-
     description = raw["description"]
     problems = template_problems(description)
     if problems:

@@ -1,7 +1,7 @@
 """The spec model: what one obsgen.yaml says, typed, with defaults merged.
 
 Pure: no file or network I/O here. ``stack.load`` turns YAML text into this model and maps
-validation errors back to file:line; renderers read only this model (and the topology).
+validation errors back to file:line; renderers read only this model (and the topology). Below it: stack/ports.py (port tables).
 
 Version 1 of the spec. A later version gets its own model module; ``version`` names it.
 """
@@ -31,9 +31,12 @@ from pydantic import (
     model_validator,
 )
 
+from alerts.pack import SLO_ABSENT_SUFFIX, SLO_BURN_SUFFIX, check_overrides, load_pack, load_slo_settings
+from exporter.catalog import BY_NAME
 from stack.dashboard_ids import generated_dashboards, uid_for
 from stack.durations import parse_duration
 from stack.errors import KeyPathError
+from stack.ports import ALERT_SINK_HOST, KUBERNETES_HOSTS, PORTS, PUBLISHED, RESERVED_SERVICE_NAMES, named_port
 
 SPEC_VERSION = 1
 
@@ -371,7 +374,7 @@ class Component(Model):
     image: str | None = Field(None, description="Override the pinned image (stack/data/versions.yaml).")
     ports: dict[str, Port] = Field(
         default_factory=dict,
-        description="Override named ports (see `obsgen schema` and stack/topology.py), e.g. {http: 9091}.",
+        description="Override named ports (see `obsgen schema` and stack/ports.py), e.g. {http: 9091}.",
     )
     resources: Resources = Resources()
 
@@ -580,8 +583,6 @@ class Alerts(Model):
     @model_validator(mode="after")
     def _known_alerts(self) -> "Alerts":
         # The pack is component data (alerts/pack.yaml); checking overrides against it is the spec's job.
-        from alerts.pack import SLO_ABSENT_SUFFIX, SLO_BURN_SUFFIX, check_overrides, load_pack
-
         problems = []
         for message in check_overrides(self.thresholds):
             key, _, text = message.partition(": ")
@@ -643,8 +644,6 @@ class LatencySLI(Model):
 
     @model_validator(mode="after")
     def _histogram(self) -> "LatencySLI":
-        from exporter.catalog import BY_NAME
-
         if not _METRIC_NAME.match(self.metric):
             raise KeyPathError([(("metric",), f"{self.metric!r} is not a metric name (letters, digits, _ and :)")])
         suffix = next((s for s in ("_bucket", "_count", "_sum") if self.metric.endswith(s)), None)
@@ -689,8 +688,7 @@ class SLO(Model):
 
     @model_validator(mode="after")
     def _long_enough(self) -> "SLO":
-        from alerts.pack import load_slo_settings  # the burn-rate windows are data (alerts/slo.yaml)
-
+        # the burn-rate windows are data (alerts/slo.yaml)
         settings = load_slo_settings()
         shortest = settings.min_slo_window
         if parse_duration(self.window) < parse_duration(shortest):
@@ -914,7 +912,7 @@ class KubernetesSettings(Model):
     hosts: dict[str, str] = Field(
         default_factory=dict,
         description="In-cluster host names of components installed by charts, e.g. {loki: loki.logging.svc}; "
-        "defaults in stack/topology.py (KUBERNETES_HOSTS).",
+        "defaults in stack/ports.py (KUBERNETES_HOSTS).",
     )
     redis_url: str | None = Field(
         None, pattern=r"^rediss?://\S+$",
@@ -924,8 +922,6 @@ class KubernetesSettings(Model):
     @field_validator("hosts")
     @classmethod
     def _chart_components(cls, value: dict[str, str]) -> dict[str, str]:
-        from stack.topology import KUBERNETES_HOSTS  # the host table is topology data
-
         unknown = sorted(set(value) - set(KUBERNETES_HOSTS))
         if unknown:
             raise ValueError(f"unknown component(s) {', '.join(unknown)}; known: {', '.join(sorted(KUBERNETES_HOSTS))}")
@@ -952,8 +948,6 @@ class Spec(Model):
 
     @model_validator(mode="after")
     def _known_ports(self) -> "Spec":
-        from stack.topology import PORTS  # the port table is topology data; the check belongs to the spec
-
         problems = []
         for component, known in PORTS.items():
             settings = getattr(self.components, component, None)
@@ -983,9 +977,8 @@ class Spec(Model):
 
     @model_validator(mode="after")
     def _fits_topology(self) -> "Spec":
-        # Which ports share an address and which names are hosts is topology knowledge.
-        from stack.topology import port_conflicts, receiver_conflicts, service_conflicts
-
+        # Which ports share an address and which names are hosts: checked here (stack/ports.py has
+        # the tables), so a clash is a located spec error, not a stack that fails to start.
         problems = [*service_conflicts(self), *receiver_conflicts(self), *port_conflicts(self)]
         if problems:
             raise KeyPathError(problems)
@@ -1044,6 +1037,142 @@ def _routes_with_paths(route: Route | None, path: tuple = ()):
     yield path, route
     for index, child in enumerate(route.routes):
         yield from _routes_with_paths(child, (*path, "routes", index))
+
+
+# ---------------------------------------------------------------------------------------
+# Port conflicts: checked on the spec, so a clash is a located spec error, not a stack that
+# fails to start.
+# ---------------------------------------------------------------------------------------
+
+_LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _port(spec: Spec, component: str, name: str) -> int:
+    settings = getattr(spec.components, component, None)
+    return named_port(component, name, local=spec.target == "local", overrides=getattr(settings, "ports", None))
+
+
+def _component_runs(spec: Spec, component: str) -> bool:
+    if component == "alert_sink":
+        return uses_alert_sink(spec)
+    settings = getattr(spec.components, component, None)
+    return getattr(settings, "enabled", True)
+
+
+def alert_sink_receivers(spec: Spec) -> list[int]:
+    """Indexes of the webhook receivers whose URL names the bundled alert sink."""
+    return [
+        index for index, receiver in enumerate(spec.notifications.receivers)
+        if isinstance(receiver, WebhookReceiver) and receiver.url is not None
+        and urlsplit(receiver.url).hostname == ALERT_SINK_HOST
+    ]
+
+
+def uses_alert_sink(spec: Spec) -> bool:
+    return bool(alert_sink_receivers(spec))
+
+
+def runs_in_compose(service: Service) -> bool:
+    """Compose runs builtin services (built here) and image services; external ones only get scraped."""
+    return service.builtin or service.image is not None
+
+
+def port_conflicts(spec: Spec) -> list[tuple[tuple, str]]:
+    """(key path, message) for every port two owners would bind on the same host address.
+
+    Local target: every component and every service without its own host listens on 127.0.0.1,
+    so all their ports must differ. Compose target: each container has its own address, so only
+    the ports published on the host (``publish.bind``) must differ.
+    """
+    if spec.target == "kubernetes":
+        return []  # every pod has its own address and nothing is published on a host
+    local = spec.target == "local"
+    owners: dict[int, list[tuple[str, tuple]]] = {}
+
+    def claim(port: int, owner: str, path: tuple) -> None:
+        entries = owners.setdefault(port, [])
+        # One owner may use a port for two names (a server's WebSocket and /metrics on one port).
+        if all(existing != owner for existing, _ in entries):
+            entries.append((owner, path))
+
+    for component, names in PORTS.items():
+        if not _component_runs(spec, component):
+            continue
+        settings = getattr(spec.components, component)
+        # The sink has no section of its own unless its port is moved: point at what runs it.
+        default_path = (("notifications", "receivers", alert_sink_receivers(spec)[0], "url")
+                        if component == "alert_sink" else ("components", component))
+        for name in names:
+            if not local and name not in PUBLISHED.get(component, ()):
+                continue
+            path = ("components", component, "ports", name) if name in settings.ports else default_path
+            claim(_port(spec, component, name), f"{component}.{name}", path)
+    for index, service in enumerate(spec.services):
+        if local and (service.host or "127.0.0.1") not in _LOOPBACK:
+            continue  # scraped on another host
+        if not local and not runs_in_compose(service):
+            continue  # runs outside compose: publishes nothing here
+        if local:
+            for instance in range(service.instances):
+                suffix = f"[{instance}]" if service.instances > 1 else ""
+                claim(service.metrics.port + instance, f"service {service.name}{suffix}",
+                      ("services", index, "metrics", "port"))
+        if service.port is not None:
+            claim(service.port, f"service {service.name}", ("services", index, "port"))
+
+    where = "the local target (every component listens on 127.0.0.1)" if local else (
+        f"the ports compose publishes on {spec.publish.bind}"
+    )
+    problems = []
+    for port, entries in sorted(owners.items()):
+        if len(entries) < 2:
+            continue
+        names = ", ".join(owner for owner, _ in entries)
+        for owner, path in entries[1:]:
+            problems.append((path, f"port {port} is used by {names} in {where}: give {owner} another port"))
+    return problems
+
+
+
+def service_conflicts(spec: Spec) -> list[tuple[tuple, str]]:
+    """(key path, message) for services the topology cannot place as written.
+
+    A service's name is its host in compose, so it may not be a stack component's name. The
+    built-in server serves WebSocket and /metrics on one port, so for it the two must be equal.
+    """
+    taken = {*PORTS, *RESERVED_SERVICE_NAMES}
+    builtin = {s.name for s in spec.services if s.builtin}
+    problems = []
+    for index, service in enumerate(spec.services):
+        if service.name in taken:
+            problems.append((("services", index, "name"),
+                             f"{service.name!r} is the name of a stack component; choose another service name"))
+        if service.name.endswith("-loadgen") and service.name[: -len("-loadgen")] in builtin:
+            problems.append((("services", index, "name"),
+                             f"{service.name!r} is the name compose gives the load generator of "
+                             f"{service.name[: -len('-loadgen')]!r}; choose another service name"))
+        if service.builtin and service.port is not None and service.port != service.metrics.port:
+            problems.append((("services", index, "port"),
+                             f"the built-in server serves /metrics on its WebSocket port: port ({service.port}) "
+                             f"must equal metrics.port ({service.metrics.port})"))
+    return problems
+
+
+def receiver_conflicts(spec: Spec) -> list[tuple[tuple, str]]:
+    """(key path, message) for webhook URLs naming the alert sink other than where it listens."""
+    port = _port(spec, "alert_sink", "http")
+    problems = []
+    for index in alert_sink_receivers(spec):
+        parts = urlsplit(spec.notifications.receivers[index].url)
+        try:
+            given = parts.port
+        except ValueError:
+            given = None  # the spec's URL check reports a bad port
+        if parts.scheme != "http" or given != port:
+            problems.append((("notifications", "receivers", index, "url"),
+                             f"the alert sink listens on plain HTTP, port {port}: write "
+                             f"http://{ALERT_SINK_HOST}:{port}{parts.path or '/'}"))
+    return problems
 
 
 # ---------------------------------------------------------------------------------------

@@ -25,18 +25,18 @@ from __future__ import annotations
 import re
 from importlib import resources
 
-from stack.renderers.promtext import dump_yaml
+from stack.promtext import dump_yaml
 from stack.spec import (
     EmailReceiver,
     Inhibition,
     PagerDutyReceiver,
     Route,
-    SecretRef,
     SlackReceiver,
     Spec,
     WebhookReceiver,
 )
 from stack.topology import Topology
+from stack.renderers.wiring import secret_name
 
 PATH = "alertmanager/alertmanager.yml"
 TEMPLATE_PATH = "alertmanager/templates/obsgen.tmpl"
@@ -52,29 +52,7 @@ ROUTE_TESTS_HEADER = (
 TITLE = '{{ template "obsgen.title" . }}'
 TEXT = '{{ template "obsgen.text" . }}'
 
-# Secret-bearing fields per receiver type: spec field -> the name part of its secret.
-SECRET_FIELDS: dict[type, dict[str, str]] = {
-    SlackReceiver: {"api_url": "api_url"},
-    PagerDutyReceiver: {"routing_key": "routing_key"},
-    WebhookReceiver: {"url_secret": "url"},
-    EmailReceiver: {"auth_password": "auth_password"},
-}
 
-
-def secret_name(receiver_name: str, field: str) -> str:
-    """The stable name of a receiver's secret. Receiver names have no underscore, so this is unique."""
-    return f"alertmanager_{receiver_name}_{field}"
-
-
-def secret_files(spec: Spec) -> dict[str, SecretRef]:
-    """Every notification secret by the name Alertmanager reads it under, with its spec reference."""
-    found: dict[str, SecretRef] = {}
-    for receiver in spec.notifications.receivers:
-        for attribute, part in SECRET_FIELDS[type(receiver)].items():
-            reference = getattr(receiver, attribute)
-            if reference is not None:
-                found[secret_name(receiver.name, part)] = reference
-    return dict(sorted(found.items()))
 
 
 # ---------------------------------------------------------------------------------------

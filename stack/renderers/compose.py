@@ -28,21 +28,15 @@ a message naming it.
 from __future__ import annotations
 
 import shlex
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 import yaml
 
-from stack.errors import RenderError
 from stack.renderers import commands
-from stack.spec import EnvSecret, FileSecret, Service, Spec, image_for
-from stack.topology import (
-    CONFIG_DIRS,
-    DOCKER_HOST_NAME,
-    PUBLISHED,
-    Topology,
-    runs_in_compose,
-    uses_alert_sink,
-)
+from stack.spec import EnvSecret, FileSecret, Service, Spec, image_for, runs_in_compose, uses_alert_sink
+from stack.ports import CONFIG_DIRS, DOCKER_HOST_NAME, PUBLISHED
+from stack.renderers.wiring import GRAFANA_PASSWORD_SECRET, JAEGER_HEALTH_PATH, JWT_SECRET, resource_attributes, staged_secrets
+from stack.topology import Topology
 
 PATH = "docker-compose.yml"
 HEADER = (
@@ -55,9 +49,6 @@ UIDS = {"alertmanager": 65534, "grafana": 472, "server": 10001}  # server: see t
 SECRETS_VOLUME = "secrets"
 SECRETS_SERVICE = "secrets"
 STAGED = "/staged"  # where the secrets service sees the volume
-GRAFANA_PASSWORD_SECRET = "grafana_admin_password"
-GRAFANA_PASSWORD_ENV = "GRAFANA_ADMIN_PASSWORD"  # used when the spec names no admin password
-JWT_SECRET = "server_jwt_secret"  # signs the built-in server's client tokens; generated once
 # The built-in server is built from this repository's Dockerfile. The default assumes the bundle
 # was rendered into a directory directly inside the clone (obsgen render --out out).
 BUILD_CONTEXT = "${OBSGEN_SOURCE_DIR:-..}"
@@ -70,26 +61,6 @@ HEALTH_TIMING = {"interval": "10s", "timeout": "5s", "retries": 5, "start_period
 # ---------------------------------------------------------------------------------------
 # Secrets
 # ---------------------------------------------------------------------------------------
-
-
-def notification_secrets(spec: Spec) -> dict[str, FileSecret | EnvSecret]:
-    """Alertmanager's secrets by the names its config reads them under (/run/secrets/<name>)."""
-    from stack.renderers.alertmanager import secret_files  # one source for the names
-
-    return dict(secret_files(spec))
-
-
-def staged_secrets(spec: Spec) -> list[tuple[str, FileSecret | EnvSecret | None, str]]:
-    """(name, reference, reader) for every secret the stack reads; reference None: generated."""
-    secrets = [(name, ref, "alertmanager") for name, ref in sorted(notification_secrets(spec).items())]
-    password = spec.components.grafana.admin_password or EnvSecret(env=GRAFANA_PASSWORD_ENV)
-    secrets.append((GRAFANA_PASSWORD_SECRET, password, "grafana"))
-    if _builtin_services(spec):
-        secrets.append((JWT_SECRET, None, "server"))
-    names = [name for name, _, _ in secrets]
-    if len(set(names)) != len(names):
-        raise RenderError(f"two secrets share a name in the compose file: {sorted(names)}")
-    return secrets
 
 
 def service_variables(spec: Spec) -> list[tuple[str, str]]:
@@ -268,14 +239,13 @@ def _loki(spec: Spec, topology: Topology) -> dict:
 
 
 def _jaeger(spec: Spec, topology: Topology) -> dict:
-    from stack.renderers.jaeger import HEALTH_PATH
 
     return _service(
         spec, "jaeger",
         command=commands.jaeger(spec, topology),
         volumes=[_config_mount("jaeger")],
         ports=_published(spec, topology, "jaeger"),
-        healthcheck=_http_check(f"http://localhost:{topology.port('jaeger', 'health')}{HEALTH_PATH}"),
+        healthcheck=_http_check(f"http://localhost:{topology.port('jaeger', 'health')}{JAEGER_HEALTH_PATH}"),
     )
 
 
@@ -409,18 +379,6 @@ def _alert_sink(spec: Spec, topology: Topology) -> dict:
 def _literal(text: str) -> str:
     """Compose interpolates ${VAR} and $VAR in the file: $$ keeps a spec's $ as written."""
     return text.replace("$", "$$")
-
-
-def resource_attributes(spec: Spec, topology: Topology, service: Service) -> str:
-    """OTEL_RESOURCE_ATTRIBUTES: key=value pairs, values percent-encoded as the SDKs decode them.
-
-    ``service.instance.id`` is the address Prometheus scrapes, so the collector's re-exposed OTLP
-    metrics and the scraped ones carry the same ``instance``. No ``service.namespace``: the
-    collector's Prometheus exporter would prefix the job with it, and the job is the service name.
-    """
-    target = topology.service_metrics_targets(service)[0]
-    attributes = {"service.instance.id": target, **service.resource_attributes}
-    return ",".join(f"{key}={quote(value, safe='-._~:/@')}" for key, value in sorted(attributes.items()))
 
 
 def _image_service(spec: Spec, topology: Topology, service: Service) -> dict:

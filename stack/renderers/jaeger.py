@@ -18,7 +18,6 @@ from stack.topology import Topology
 PATH = "jaeger/config.yaml"
 HEADER = "# Jaeger v2 config rendered by obsgen from the project spec; edit the spec, not this file.\n"
 STORE = "traces"  # the jaeger_storage backend both the exporter and the query extension name
-HEALTH_PATH = "/status"  # healthcheckv2's HTTP status path
 STORAGE_EXPORTER = "jaeger_storage_exporter"  # writes what the pipeline receives into STORE
 
 

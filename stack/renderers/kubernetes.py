@@ -29,9 +29,10 @@ import yaml
 
 from stack.renderers import alertmanager as am
 from stack.renderers import collector, commands, grafana, rules, runbooks
-from stack.renderers.compose import JWT_SECRET, resource_attributes
 from stack.spec import EnvSecret, Service, Spec, image_for
-from stack.topology import Topology, uses_alert_sink
+from stack.renderers.wiring import JWT_SECRET, resource_attributes, secret_files
+from stack.spec import uses_alert_sink
+from stack.topology import Topology
 
 KUSTOMIZATION = "kustomization.yaml"
 HEADER = "# Rendered by obsgen from the project spec (target kubernetes); edit the spec, not this file.\n"
@@ -504,7 +505,7 @@ def kustomization(spec: Spec, resources: list[str]) -> str:
         "namespace": namespace(spec),
         "resources": resources,
     }
-    secrets = [f"#   {ALERTMANAGER_SECRET}: keys {', '.join(am.secret_files(spec))}"] if am.secret_files(spec) else []
+    secrets = [f"#   {ALERTMANAGER_SECRET}: keys {', '.join(secret_files(spec))}"] if secret_files(spec) else []
     if any(s.builtin for s in spec.services):
         secrets.append(f"#   {SERVER_JWT_SECRET}: key {JWT_SECRET}")
     for service in spec.services:

@@ -13,10 +13,10 @@ from __future__ import annotations
 import yaml
 
 from stack.renderers import commands
-from stack.renderers.compose import GRAFANA_PASSWORD_SECRET, JWT_SECRET, staged_secrets
-from stack.renderers.jaeger import HEALTH_PATH as JAEGER_HEALTH_PATH
 from stack.spec import EnvSecret, FileSecret, Service, Spec
-from stack.topology import Topology, uses_alert_sink
+from stack.renderers.wiring import GRAFANA_PASSWORD_SECRET, JAEGER_HEALTH_PATH, JWT_SECRET, staged_secrets
+from stack.spec import uses_alert_sink
+from stack.topology import Topology
 
 PATH = "local/processes.yaml"
 HEADER = (

@@ -15,37 +15,14 @@ which is how the server's exemplars arrive. OTLP metrics reach Prometheus throug
 
 from __future__ import annotations
 
-from stack.renderers.promtext import dump_yaml
+from stack.promtext import dump_yaml
 from stack.spec import Spec
 from stack.topology import Topology
+from stack.renderers.wiring import stack_job_address, SERVICE_LABEL, STACK_JOBS
 
 PATH = "prometheus/prometheus.yml"
 RULE_FILES = "rules/*.yml"
 HEADER = "Prometheus config rendered by obsgen from the project spec; edit the spec, not this file."
-
-# Scrape jobs for the stack's own components: job name -> (component, named port, metrics path,
-# honor_labels). A service's job carries the target label `service`; these never do, which is how
-# the alert rules tell the two apart (up{service!=""} vs up{service=""}). Job names cannot clash with
-# a service's: the spec refuses services named after a component, and service names have no "_".
-STACK_JOBS: dict[str, tuple[str, str, str, bool]] = {
-    "prometheus": ("prometheus", "http", "/metrics", False),
-    "alertmanager": ("alertmanager", "http", "/metrics", False),
-    # The collector's own telemetry (receivers, processors, exporters, queues).
-    "collector": ("collector", "metrics", "/metrics", False),
-    # OTLP metrics the collector received, re-exposed by its prometheus exporter. Their job and
-    # instance come from the sender's resource (service.name, service.instance.id): keep them.
-    "collector_exporter": ("collector", "prometheus", "/metrics", True),
-    "jaeger": ("jaeger", "metrics", "/metrics", False),
-    "loki": ("loki", "http", "/metrics", False),
-    "grafana": ("grafana", "http", "/metrics", False),
-}
-SERVICE_LABEL = "service"
-
-
-def stack_job_address(topology: Topology, job: str) -> str:
-    component, port, _path, _honor = STACK_JOBS[job]
-    return topology.address(component, port)
-
 
 def service_jobs(spec: Spec, topology: Topology) -> list[dict]:
     jobs = []

@@ -39,8 +39,7 @@ from stack.renderers.alerting import (
 )
 from stack.renderers.alerting import parse_matchers as _matchers
 from stack.renderers.alerting import satisfies as _satisfies
-from stack.renderers.prometheus import SERVICE_LABEL, STACK_JOBS, stack_job_address
-from stack.renderers.promtext import (
+from stack.promtext import (
     dump_yaml,
     expand_template,
     humanize,
@@ -52,6 +51,7 @@ from stack.renderers.promtext import (
 )
 from stack.spec import CustomAlert, Spec
 from stack.topology import Topology
+from stack.renderers.wiring import stack_job_address, SERVICE_LABEL, STACK_JOBS
 
 RULES_DIR = "prometheus/rules"
 TESTS_DIR = "prometheus/tests"

@@ -71,8 +71,7 @@ from stack.renderers.alerting import (
     runbook_url,
     satisfies,
 )
-from stack.renderers.prometheus import SERVICE_LABEL
-from stack.renderers.promtext import expand_template, go_float, le_matcher, number, openmetrics_float, series
+from stack.promtext import expand_template, go_float, le_matcher, number, openmetrics_float, series
 from stack.slos import (
     BUDGET,
     BUDGET_CONSUMED,
@@ -92,6 +91,7 @@ from stack.slos import (
 )
 from stack.spec import SLO, Spec, parse_duration
 from stack.topology import Topology
+from stack.renderers.wiring import SERVICE_LABEL
 
 # The promtool cadences of the detection tests: input series every minute (the scrapes),
 # every group evaluated every minute, or every 5 minutes for the cases that take days.

@@ -28,7 +28,7 @@ import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
 from stack.load import default_spec_text
-from stack.topology import PORTS
+from stack.ports import PORTS
 
 REPO = Path(__file__).resolve().parents[2]
 

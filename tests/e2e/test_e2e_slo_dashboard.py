@@ -42,7 +42,7 @@ import yaml
 from stack.check import find_tool
 from stack.dashboard_ids import SLO_DASHBOARD_TITLE
 from stack.spec import parse_duration
-from stack.topology import PORTS
+from stack.ports import PORTS
 from tests.conftest import require_binary, stop_process
 from tests.e2e.e2e_support import (
     PanelQuery,

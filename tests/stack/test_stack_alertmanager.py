@@ -16,7 +16,8 @@ from pydantic import ValidationError
 
 from stack.load import load_default_spec, load_spec_file
 from stack.renderers import alertmanager
-from stack.renderers.alertmanager import NULL_RECEIVER, resolve, route_cases, secret_files
+from stack.renderers.alertmanager import NULL_RECEIVER, resolve, route_cases
+from stack.renderers.wiring import secret_files
 from stack.spec import EnvSecret, FileSecret, Route, Spec
 from stack.topology import Topology
 from tests.conftest import free_port, require_binary, wait_for_port

@@ -15,8 +15,8 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
-from stack.renderers import compose
-from stack.spec import EnvSecret, FileSecret, Spec, image_for
+from stack.renderers import compose, wiring
+from stack.spec import Spec, image_for
 from stack.topology import Topology
 from tests.conftest import REPO, require_binary
 
@@ -314,7 +314,7 @@ def test_secret_names_are_the_ones_alertmanager_reads():
     topology = Topology(spec)
     config = yaml.safe_load(alertmanager.render(spec, topology)["alertmanager/alertmanager.yml"])
     read = {value for path, value in _leaves(config) if path.endswith("_file")}
-    staged = {f"/run/secrets/{name}" for name, _, reader in compose.staged_secrets(spec) if reader == "alertmanager"}
+    staged = {f"/run/secrets/{name}" for name, _, reader in wiring.staged_secrets(spec) if reader == "alertmanager"}
     assert read == staged and len(read) == 4
 
 

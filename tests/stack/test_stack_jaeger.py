@@ -13,7 +13,9 @@ from pydantic import ValidationError
 
 from stack.renderers import jaeger
 from stack.spec import Spec
-from stack.topology import PORTS, Topology
+from stack.ports import PORTS
+from stack.renderers.wiring import JAEGER_HEALTH_PATH
+from stack.topology import Topology
 from tests.conftest import free_port, require_binary, wait_for_port
 
 
@@ -127,7 +129,7 @@ def test_jaeger_runs_the_local_config_and_serves_a_span_it_received(tmp_path, pr
     deadline = time.monotonic() + 20
     while True:
         try:
-            status, _ = _get(f"http://127.0.0.1:{ports['health']}{jaeger.HEALTH_PATH}")
+            status, _ = _get(f"http://127.0.0.1:{ports['health']}{JAEGER_HEALTH_PATH}")
         except OSError:
             status = None
         if status == 200 or time.monotonic() > deadline:

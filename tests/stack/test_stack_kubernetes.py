@@ -20,7 +20,7 @@ from stack.check import check_pint, format_report
 from stack.check_bundle import run_checks
 from stack.load import load_default_spec, load_spec_file
 from stack.render import render_bundle
-from stack.renderers import alertmanager, collector, grafana, kubernetes, rules
+from stack.renderers import alertmanager, collector, grafana, kubernetes, rules, wiring
 from stack.spec import Spec
 from stack.topology import Topology
 from stack.write import check_drift, write_bundle
@@ -144,7 +144,7 @@ def test_alertmanager_credentials_are_secret_key_references():
             refs += [hook["urlSecret"]] if "urlSecret" in hook else []
         for mail in receiver.get("emailConfigs", []):
             refs += [mail["authPassword"]] if "authPassword" in mail else []
-    expected = sorted(alertmanager.secret_files(spec))
+    expected = sorted(wiring.secret_files(spec))
     assert sorted(ref["key"] for ref in refs) == expected and expected
     assert {ref["name"] for ref in refs} == {kubernetes.ALERTMANAGER_SECRET}
     assert not objects_of(bundle, "Secret")

@@ -383,7 +383,7 @@ def test_image_references_docker_accepts_are_accepted(image):
 
 
 def test_the_default_spec_pages_the_bundled_alert_sink():
-    from stack.topology import uses_alert_sink
+    from stack.spec import uses_alert_sink
 
     spec = load_default_spec()
     assert uses_alert_sink(spec)

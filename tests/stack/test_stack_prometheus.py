@@ -14,7 +14,7 @@ import yaml
 from pydantic import ValidationError
 
 from stack.load import load_spec_file
-from stack.renderers import prometheus, rules
+from stack.renderers import prometheus, rules, wiring
 from stack.spec import Spec
 from stack.topology import Topology
 from tests.conftest import free_port, require_binary, wait_for_port
@@ -92,7 +92,7 @@ def test_port_overrides_move_the_scrape_targets():
     assert jobs(cfg)["loki"]["static_configs"] == [{"targets": ["loki:3101"]}]
 
 
-@pytest.mark.parametrize("job", sorted(prometheus.STACK_JOBS))
+@pytest.mark.parametrize("job", sorted(wiring.STACK_JOBS))
 def test_no_service_can_take_a_stack_job_name(job):
     # Two scrape configs with one job name make Prometheus refuse its config.
     with pytest.raises(ValidationError):
@@ -150,7 +150,7 @@ def test_prometheus_loads_the_bundle_from_its_root_as_obsgen_up_runs_it(tmp_path
     wait_for_port(port, timeout=30, proc=proc)
     expected_rules = {rule["alert"] for path in (root / "prometheus/rules").glob("*.yml")
                       for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"] if "alert" in rule}
-    expected_jobs = {"ws-server", *prometheus.STACK_JOBS}
+    expected_jobs = {"ws-server", *wiring.STACK_JOBS}
     loaded: set[str] = set()
     jobs_seen: set[str] = set()
     deadline = time.monotonic() + 30

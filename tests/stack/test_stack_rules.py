@@ -21,7 +21,7 @@ from alerts.pack import PackError, load_pack, load_slo_settings, slo_alert_names
 from exporter import catalog
 from stack.load import load_spec_file
 from stack.renderers import rules, runbooks, slo
-from stack.renderers.promtext import (
+from stack.promtext import (
     expand_template,
     go_float,
     humanize,
@@ -204,7 +204,7 @@ def test_a_broken_pack_is_refused_with_the_entry_named(monkeypatch, edit, messag
 
 
 def test_every_pack_test_target_is_a_scrape_job():
-    from stack.renderers.prometheus import STACK_JOBS
+    from stack.renderers.wiring import STACK_JOBS
 
     for alert in load_pack().alerts:
         assert alert.test_target == "service" or alert.test_target in STACK_JOBS

@@ -3,11 +3,9 @@ and stopped by pid (redis-server and otelcol, the quickest of the stack to start
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import pytest
-import yaml
 
 from stack import up as up_module
 from stack.cli import main
