@@ -6,12 +6,13 @@ Importing this package is cheap: the SDKs load only when ``instrument()`` (or
 
 from exporter.hooks import NoopTelemetry, Span
 
-__all__ = ["NoopTelemetry", "Span", "broadcast", "instrument", "instrument_server"]
+__all__ = ["NoopTelemetry", "Span", "broadcast", "instrument", "instrument_server", "instrument_socketio"]
 
 _LAZY = {
     "instrument": ("exporter.instrument", "instrument"),
     "instrument_server": ("exporter.server", "instrument_server"),
     "broadcast": ("exporter.server", "broadcast"),
+    "instrument_socketio": ("exporter.socketio", "instrument_socketio"),
 }
 
 

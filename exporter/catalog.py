@@ -160,3 +160,16 @@ def metric(name: str) -> Metric:
         return BY_NAME[name]
     except KeyError:
         raise KeyError(f"{name!r} is not in the metric catalog; known: {', '.join(sorted(BY_NAME))}") from None
+
+# Socket.IO services only (exporter/socketio.py), so kept out of CATALOG: a `websockets` service never
+# ends a connection for these reasons. websocket_disconnections_total{code} still counts every Socket.IO
+# disconnection, under the close code each reason corresponds to, which the alert pack reads.
+SOCKETIO_DISCONNECT_REASONS = (
+    "client_disconnect", "server_disconnect", "ping_timeout", "transport_close", "transport_error", "other",
+)
+SOCKETIO_DISCONNECTIONS_TOTAL = Metric(
+    "socketio_disconnections_total", "counter",
+    "Socket.IO namespace disconnections, by Socket.IO namespace and Socket.IO's disconnect reason.",
+    labels=("namespace", "reason"), label_values={"reason": SOCKETIO_DISCONNECT_REASONS},
+)
+SOCKETIO_CATALOG: tuple[Metric, ...] = (SOCKETIO_DISCONNECTIONS_TOTAL,)
