@@ -427,10 +427,12 @@ def scrape(port: int) -> dict:
 
 
 def start_chat(processes, port: int, redis_url: str, otlp: str, name: str):
-    env = {**os.environ, "PYTHONPATH": str(REPO), "OTEL_EXPORTER_OTLP_ENDPOINT": otlp, "OTEL_SERVICE_NAME": name,
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OTEL_SERVICE_NAME": name,
            "OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_BLRP_SCHEDULE_DELAY": "100"}
-    proc = processes.start([sys.executable, "-m", "instrumented_server.socketio_chat", "--port", str(port),
-                            "--redis-url", redis_url], env=env, cwd=REPO)
+    if otlp:
+        env["OTEL_EXPORTER_OTLP_ENDPOINT"] = otlp
+    argv = [sys.executable, "-m", "instrumented_server.socketio_chat", "--port", str(port)]
+    proc = processes.start(argv + (["--redis-url", redis_url] if redis_url else []), env=env, cwd=REPO)
     wait_for_port(port, timeout=DEADLINE, proc=proc)
     return proc
 
@@ -486,3 +488,112 @@ async def test_two_processes_behind_the_redis_manager(processes, redis_server):
         await bob.disconnect()
     finally:
         sink.close()
+
+
+# ------------------------------------------------- the stack reads a Socket.IO service unchanged
+
+
+def _queries(bundle) -> list[str]:
+    """Every PromQL expression of the rendered rules and of the dashboards' Prometheus targets."""
+    import yaml
+
+    exprs: list[str] = []
+    for path, content in bundle.items():
+        if path.startswith("prometheus/rules/"):
+            for group in yaml.safe_load(content)["groups"]:
+                exprs += [rule["expr"] for rule in group["rules"]]
+        elif path.startswith("grafana/dashboards/"):
+            def walk(node):
+                if isinstance(node, dict):
+                    if "expr" in node and node.get("datasource", {}).get("type") == "prometheus":
+                        exprs.append(node["expr"])
+                    for child in node.values():
+                        walk(child)
+                elif isinstance(node, list):
+                    for child in node:
+                        walk(child)
+
+            walk(json.loads(content))
+    return exprs
+
+
+OPS = {"Equal": "=", "NotEqual": "!=", "Re": "=~", "NotRe": "!~"}
+
+
+def _matches(matcher, labels: dict) -> bool:
+    import re
+
+    actual = labels.get(matcher.name, "")
+    op = str(matcher.op).rsplit(".", 1)[-1]
+    return {"Equal": actual == matcher.value, "NotEqual": actual != matcher.value,
+            "Re": re.fullmatch(matcher.value, actual) is not None,
+            "NotRe": re.fullmatch(matcher.value, actual) is None}[op]
+
+
+async def test_the_alert_pack_slos_and_dashboards_select_the_socketio_series(chat):
+    """Render tests/stack/specs/socketio-chat.yaml; every selector of its rules and dashboard queries
+    that names a catalog metric selects a series of the chat server's own /metrics."""
+    import promql_parser
+
+    from exporter import catalog
+    from stack.load import load_spec_file
+    from stack.render import render_bundle
+    from stack.spec import grafana_promql_for_parsing
+
+    a = await client(chat.url)
+    await a.call("join", {"room": "r"}, namespace="/chat", timeout=DEADLINE)
+    await a.call("say", {"room": "r", "text": "hi"}, namespace="/chat", timeout=DEADLINE)
+    await a.emit("say", {"room": "r"}, namespace="/chat")  # an error
+    await eventually(lambda: value(chat.samples(), "websocket_errors_total", reason="internal") == 1, what="error")
+    await a.eio.ws.close()  # an abnormal end (1006), which the drop-rate alert counts
+    await eventually(lambda: value(chat.samples(), "websocket_disconnections_total", code="1006") == 2, what="drop")
+    series = [(s.name, s.labels) for f in text_string_to_metric_families(await chat.scrape()) for s in f.samples]
+
+    names = {m.name for m in catalog.CATALOG}
+    bundle = render_bundle(load_spec_file(REPO / "tests/stack/specs/socketio-chat.yaml"))
+    checked = 0
+    for expr in _queries(bundle):
+        found = []
+        promql_parser.walk(promql_parser.parse(grafana_promql_for_parsing(expr)),
+                           lambda n: found.append(n) if isinstance(n, promql_parser.VectorSelector) else None)
+        for selector in found:
+            matchers = [m for m in selector.matchers.matchers
+                        if m.name not in ("job", "instance", "service") and "$" not in m.value]
+            if selector.name is None:  # {__name__=~"..."}: only when it is about catalog metrics
+                if not any(all(_matches(m, {"__name__": n}) for m in matchers if m.name == "__name__") for n in names):
+                    continue
+            else:
+                base = next((selector.name.removesuffix(sfx) for sfx in ("_bucket", "_sum", "_count")
+                             if selector.name.removesuffix(sfx) in names), selector.name)
+                if base not in names:
+                    continue  # recording rules, the stack's own metrics
+                matchers.append(promql_parser.parse(f'{{__name__="{selector.name}"}}').matchers.matchers[0])
+            assert any(all(_matches(m, {**labels, "__name__": name}) for m in matchers) for name, labels in series), \
+                f"{{{', '.join(f'{m.name}{OPS[str(m.op).rsplit(chr(46), 1)[-1]]}{m.value!r}' for m in matchers)}}} (in {expr}) selects nothing"
+            checked += 1
+    assert checked > 40
+    # the SLO's latency selector and the drop-rate alert's abnormal codes hold real Socket.IO traffic
+    s = chat.samples()
+    assert value(s, "websocket_message_duration_seconds_bucket", type="say", le="0.1") >= 1
+    assert value(s, "websocket_disconnections_total", code="1006") == 2
+
+
+async def test_socketio_loadgen_drives_the_chat_server(processes):
+    port = free_port()
+    start_chat(processes, port, "", "", "chat-load")
+    result = await asyncio.to_thread(
+        subprocess.run,
+        [sys.executable, "-m", "instrumented_server.socketio_loadgen", "--url", f"http://127.0.0.1:{port}",
+         "--clients", "6", "--rooms", "2", "--rate", "20", "--duration", "1.5", "--settle", "10",
+         "--fault", "bad-say=2", "--fault", "no-auth=2", "--json", "--fail-on-loss"],
+        capture_output=True, text=True, timeout=120, env={**os.environ, "PYTHONPATH": str(REPO)}, cwd=REPO)
+    assert result.returncode == 0, result.stdout + result.stderr
+    report = json.loads(result.stdout)
+    assert report["said"] > 10 and report["delivered"] == report["expected"] == report["said"] * 3
+    assert report["faults"].get("no-auth: refused", 0) >= 1 and report["faults"].get("bad-say: sent", 0) >= 1
+    s = await asyncio.to_thread(scrape, port)
+    assert value(s, "websocket_messages_sent_total", type="chat_message") == report["delivered"]
+    assert value(s, "websocket_fanout_messages_total") >= report["delivered"]
+    assert value(s, "websocket_messages_received_total", type="say") == report["said"] + report["faults"]["bad-say: sent"]
+    assert value(s, "websocket_errors_total", reason="internal") == report["faults"]["bad-say: sent"]
+    assert value(s, "websocket_connections_total", status="auth_missing") == report["faults"]["no-auth: refused"]
