@@ -105,8 +105,8 @@ class _Children(dict):
 def _check_version() -> None:
     try:
         version = importlib.metadata.version("python-socketio")
-    except importlib.metadata.PackageNotFoundError:
-        raise RuntimeError("exporter.instrument_socketio needs python-socketio 5.x: pip install 'python-socketio>=5.11,<6'") from None
+    except importlib.metadata.PackageNotFoundError:  # importable without metadata (vendored): trust the checks in install()
+        return
     if version.split(".", 1)[0] != "5":
         raise RuntimeError(f"exporter.instrument_socketio supports python-socketio 5.x (its dispatch methods are "
                            f"patched); python-socketio {version} is installed")
@@ -561,8 +561,12 @@ def instrument_socketio(server, telemetry=None, *, app=None, metrics_path: str =
     """Instrument a python-socketio ``AsyncServer``; builds ``instrument(**instrument_kwargs)`` when no
     ``telemetry`` is given. With ``app`` (an aiohttp ``web.Application``), also serves ``GET metrics_path``
     there; for ASGI, wrap with ``asgi_metrics_app``."""
+    try:
+        import socketio
+    except ImportError as exc:
+        raise ImportError("exporter.instrument_socketio needs python-socketio 5.x: "
+                          "pip install 'python-socketio>=5.11,<6'") from exc
     _check_version()
-    import socketio
 
     if not isinstance(server, socketio.AsyncServer):
         raise ValueError(f"instrument_socketio instruments a socketio.AsyncServer, got {type(server).__name__}")
