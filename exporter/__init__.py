@@ -1,4 +1,4 @@
-"""Telemetry for `websockets` services: Prometheus metrics, OpenTelemetry spans, structured logs.
+"""Telemetry for `websockets` and python-socketio services: Prometheus metrics, OpenTelemetry spans, structured logs.
 
 Importing this package is cheap: the SDKs load only when ``instrument()`` (or
 ``instrument_server()``) is called, so the generator can read ``exporter.catalog`` without them.
