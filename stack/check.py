@@ -49,6 +49,7 @@ TOOL_NAMES: dict[str, tuple[str, ...]] = {
     "loki": ("loki",),
     "docker-compose": ("docker-compose",),
     "pint": ("pint",),
+    "k8s-check": ("k8s-check",),  # tools/k8s-check: `obsgen check` of a kubernetes bundle (check_kubernetes)
 }
 # How each tool prints its version (default: --version).
 VERSION_ARGS: dict[str, tuple[str, ...]] = {

@@ -44,7 +44,7 @@ def documents(bundle, path: str) -> list[dict]:
 
 def objects_of(bundle, kind: str) -> list[dict]:
     return [d for path in bundle if path.endswith(".yaml") and path != "kustomization.yaml"
-            and not path.startswith("prometheus-tests/") for d in documents(bundle, path) if d["kind"] == kind]
+            and not path.startswith(("prometheus-tests/", "charts/")) for d in documents(bundle, path) if d["kind"] == kind]
 
 
 def spec_cases() -> list:
@@ -73,9 +73,10 @@ def test_only_kubernetes_files_and_kustomization_lists_every_object_file(default
     kustomization = yaml.safe_load(default_bundle["kustomization.yaml"])
     assert kustomization["namespace"] == default_spec.project
     object_files = {p for p in default_bundle if p.endswith(".yaml") and p != "kustomization.yaml"}
+    object_files -= {p for p in object_files if p.startswith("charts/")}  # chart values: for helm, not kustomize
     assert set(kustomization["resources"]) == object_files
-    assert all(p.startswith("prometheus-tests/") and p.endswith(".yml") for p in set(default_bundle) - object_files
-               - {"kustomization.yaml"})
+    assert all((p.startswith("prometheus-tests/") and p.endswith(".yml")) or p.startswith("charts/")
+               for p in set(default_bundle) - object_files - {"kustomization.yaml"})
 
 
 def test_prometheus_rules_hold_exactly_the_compose_groups(default_spec, default_bundle):
