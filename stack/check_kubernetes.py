@@ -7,6 +7,8 @@ Same habit as ``stack.check``: one adapter per tool, pure functions for what no 
   fields refused), with kubernetes-validate, which ships those schemas;
 - Prometheus Operator objects decoded strictly against the Operator's Go API types by
   tools/k8s-check (built by scripts/install-tools.sh);
+- every object dry-run on a real kube-apiserver with etcd (stack/kube_dry_run.py), the Operator's
+  CRDs applied: server-side defaulting, validation, CEL rules, admission, strict fields;
 - the rule groups inside each PrometheusRule and the collector config inside its ConfigMap,
   extracted into a compose-shaped scratch folder, through the very adapters a compose bundle
   gets: promtool check rules, promtool test rules (the bundle's prometheus-tests/), pint lint,
@@ -30,6 +32,8 @@ from typing import Any
 import yaml
 
 from stack import check as base
+from stack import tools
+from stack.kube_dry_run import CRDS_SHARED, ApiServer, DryRunError, dry_run_bundle
 from stack.chart_pins import (
     CHARTS_DIR,
     PASS_THROUGH,
@@ -224,7 +228,43 @@ def check_operator_types(bundle: Path, files: list[str]) -> base.CheckResult:
     return base._with_subject(result, "every object file") if files else result
 
 
-def run_checks(bundle: Path) -> list[base.CheckResult]:
+DRY_RUN = "kube-apiserver dry run (server-side, strict)"
+
+
+def operator_crds() -> tuple[str, Path | None]:
+    """(Operator API version, where scripts/install-tools.sh generated its CRDs or None)."""
+    version = tools.native_tools()["k8s-check"].version
+    return version, tools.find_shared(f"{CRDS_SHARED}/v{version}")
+
+
+def check_dry_run(objects: dict[str, list[dict]], server: ApiServer | None = None) -> base.CheckResult:
+    """Every object through a real API server (``server``, or one started for this check)."""
+    version, crd_dir = operator_crds()
+    if crd_dir is None:
+        return base.CheckResult(DRY_RUN, "skipped", detail=f"the Prometheus Operator v{version} CRDs were not found "
+                                f"in share/{CRDS_SHARED}/v{version} beside the tools; {tools.INSTALL_HINT}")
+    found = {tool: base.find_tool(tool) for tool in ("kube-apiserver", "etcd")}
+    missing = [tool for tool, path in found.items() if path is None]
+    if missing:
+        return base.CheckResult(DRY_RUN, "skipped", detail=base.not_found_message(base.TOOL_NAMES[missing[0]]))
+    binary = found["kube-apiserver"]
+    try:
+        if server is not None:
+            checked, problems = dry_run_bundle(server, objects, crd_dir)
+        else:
+            with tempfile.TemporaryDirectory(prefix="obsgen-apiserver-") as directory, \
+                    ApiServer(binary, found["etcd"], Path(directory)) as started:
+                checked, problems = dry_run_bundle(started, objects, crd_dir)
+    except DryRunError as exc:
+        return base.CheckResult(DRY_RUN, "failed", "every object", binary, base.tool_version(binary), str(exc))
+    subject = f"{checked} objects, Operator v{version} CRDs"
+    return base.CheckResult(DRY_RUN, "failed" if problems else "passed", subject, binary, base.tool_version(binary),
+                            "\n".join(problems))
+
+
+def run_checks(bundle: Path, api_server: ApiServer | None = None) -> list[base.CheckResult]:
+    """Every check of a kubernetes bundle; ``api_server``: one already running for the dry run
+    (the tests share one across bundles), else the dry run starts its own."""
     results: list[base.CheckResult] = []
     try:
         objects = load_objects(bundle)
@@ -236,6 +276,7 @@ def run_checks(bundle: Path) -> list[base.CheckResult]:
     results.append(base._own_result("no Secret values in the bundle", secret_problems(objects), "every object"))
     results.append(check_schemas(objects))
     results.append(check_operator_types(bundle, sorted(objects)))
+    results.append(check_dry_run(objects, api_server))
     with tempfile.TemporaryDirectory(prefix="obsgen-k8s-") as directory:
         scratch = Path(directory)
         problems = extract(objects, bundle, scratch)
