@@ -31,9 +31,13 @@ from stack.topology import Topology
 Setting = tuple[str, object, str]
 
 
-def _first(labels: dict[str, str]) -> tuple[str, str]:
-    # The Grafana sidecars watch one label; the ConfigMaps carry all the spec's labels, so any one selects them.
-    return next(iter(labels.items()))
+def _sidecar_label(kind: str, labels: dict[str, str], spec_key: str) -> list[Setting]:
+    # The Grafana sidecars watch one label; the ConfigMaps carry all the spec's labels, so any one
+    # selects them. No labels in the spec: the chart's own (which the ConfigMaps then lack) stay.
+    if not labels:
+        return []
+    label, value = next(iter(labels.items()))
+    return [(f"grafana.sidecar.{kind}.label", label, spec_key), (f"grafana.sidecar.{kind}.labelValue", value, spec_key)]
 
 
 def kube_prometheus_stack(spec: Spec, topology: Topology) -> list[Setting]:
@@ -42,8 +46,6 @@ def kube_prometheus_stack(spec: Spec, topology: Topology) -> list[Setting]:
     def selector() -> dict:  # a fresh dict each time: YAML would otherwise write anchors and aliases
         return {"matchLabels": dict(spec.kubernetes.selector_labels)}
 
-    dashboard_label, dashboard_value = _first(spec.kubernetes.dashboard_labels)
-    datasource_label, datasource_value = _first(spec.kubernetes.datasource_labels)
     template = posixpath.basename(alertmanager.TEMPLATE_PATH)
     return [
         ("prometheus.prometheusSpec.enableFeatures", ["exemplar-storage"],
@@ -70,10 +72,8 @@ def kube_prometheus_stack(spec: Spec, topology: Topology) -> list[Setting]:
          "the chart's own would take that uid"),
         ("grafana.sidecar.datasources.alertmanager.enabled", False,
          "likewise for uid alertmanager"),
-        ("grafana.sidecar.datasources.label", datasource_label, "kubernetes.datasource_labels"),
-        ("grafana.sidecar.datasources.labelValue", datasource_value, "kubernetes.datasource_labels"),
-        ("grafana.sidecar.dashboards.label", dashboard_label, "kubernetes.dashboard_labels"),
-        ("grafana.sidecar.dashboards.labelValue", dashboard_value, "kubernetes.dashboard_labels"),
+        *_sidecar_label("datasources", spec.kubernetes.datasource_labels, "kubernetes.datasource_labels"),
+        *_sidecar_label("dashboards", spec.kubernetes.dashboard_labels, "kubernetes.dashboard_labels"),
     ]
 
 
