@@ -33,7 +33,6 @@ import yaml
 
 from stack import check as base
 from stack import tools
-from stack.kube_dry_run import CRDS_SHARED, ApiServer, DryRunError, dry_run_bundle
 from stack.chart_pins import (
     CHARTS_DIR,
     PASS_THROUGH,
@@ -43,13 +42,13 @@ from stack.chart_pins import (
     key_problems,
     values_schema,
 )
+from stack.kube_dry_run import CRDS_SHARED, ApiServer, DryRunError, dry_run_bundle
 
 KUSTOMIZATION = "kustomization.yaml"
 TESTS_DIR = "prometheus-tests"
 RULE_FILE_ANNOTATION = "obsgen.dev/rule-file"
 OPERATOR_GROUP = "monitoring.coreos.com/"
 COLLECTOR_CONFIG_MAP = "collector-config"
-
 
 
 def is_kubernetes_bundle(bundle: Path) -> bool:

@@ -306,6 +306,17 @@ def test_obsgen_check_dispatches_a_kubernetes_bundle_and_starts_its_own_api_serv
     assert dry_run.subject.startswith(f"{objects} objects") and dry_run.version == "1.37.2"
 
 
+def test_dry_run_without_the_tools_is_skipped_with_where_it_looked(default_bundle, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setenv("OBSGEN_TOOLS", str(tmp_path / "no-tools"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "no-cache"))
+    result = check_kubernetes.check_dry_run({"namespace.yaml": documents(default_bundle, "namespace.yaml")})
+    assert result.status == "skipped" and "CRDs were not found" in result.detail
+    (tmp_path / "no-tools" / "share" / "prometheus-operator-crds" / "v0.95.2").mkdir(parents=True)
+    result = check_kubernetes.check_dry_run({"namespace.yaml": documents(default_bundle, "namespace.yaml")})
+    assert result.status == "skipped" and result.detail.startswith("kube-apiserver not found; looked in"), result
+
+
 # ---------------------------------------------------------------------------------------
 # The API server refuses what it must (and what the offline checks let through)
 # ---------------------------------------------------------------------------------------
