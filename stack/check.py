@@ -49,6 +49,11 @@ TOOL_NAMES: dict[str, tuple[str, ...]] = {
     "loki": ("loki",),
     "docker-compose": ("docker-compose",),
     "pint": ("pint",),
+    # `obsgen check` of a kubernetes bundle (check_kubernetes): tools/k8s-check, and the API server
+    # with its etcd for the server-side dry run (tools/kube-apiserver).
+    "k8s-check": ("k8s-check",),
+    "kube-apiserver": ("kube-apiserver",),
+    "etcd": ("etcd",),
 }
 # How each tool prints its version (default: --version).
 VERSION_ARGS: dict[str, tuple[str, ...]] = {

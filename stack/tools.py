@@ -49,6 +49,16 @@ def tool_dirs() -> list[Path]:
     return unique
 
 
+def find_shared(relative: str) -> Path | None:
+    """A directory scripts/install-tools.sh generated beside bin/ (share/RELATIVE), in the order of
+    tool_dirs(), or None: data the tools need, such as the Prometheus Operator CRDs."""
+    for directory in tool_dirs():
+        candidate = directory.parent / "share" / relative
+        if candidate.is_dir():
+            return candidate
+    return None
+
+
 def path_dirs() -> list[Path]:
     return [Path(entry) for entry in os.environ.get("PATH", "").split(os.pathsep) if entry]
 

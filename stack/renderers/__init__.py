@@ -35,4 +35,4 @@ RENDERERS: tuple[str, ...] = (
 
 # Target kubernetes packages the same component configs as Kubernetes objects: one renderer that
 # calls the others (docs/kubernetes.md); its bundle has no compose or native-process files.
-RENDERERS_BY_TARGET: dict[str, tuple[str, ...]] = {"kubernetes": ("kubernetes",)}
+RENDERERS_BY_TARGET: dict[str, tuple[str, ...]] = {"kubernetes": ("kubernetes", "charts")}

@@ -30,7 +30,7 @@ import yaml
 from stack.renderers import alertmanager as am
 from stack.renderers import collector, commands, grafana, rules, runbooks
 from stack.spec import EnvSecret, Service, Spec, image_for
-from stack.renderers.wiring import JWT_SECRET, resource_attributes, secret_files
+from stack.renderers.wiring import JWT_SECRET, kubernetes_namespace, resource_attributes, secret_files
 from stack.spec import uses_alert_sink
 from stack.topology import Topology
 
@@ -56,7 +56,7 @@ LIMITER_SHARE = 0.8
 
 
 def namespace(spec: Spec) -> str:
-    return spec.kubernetes.namespace or spec.project
+    return kubernetes_namespace(spec)
 
 
 def _labels(spec: Spec, name: str, component: str) -> dict[str, str]:

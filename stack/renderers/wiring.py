@@ -113,3 +113,12 @@ def resource_attributes(spec: Spec, topology: Topology, service: Service) -> str
     target = topology.service_metrics_targets(service)[0]
     attributes = {"service.instance.id": target, **service.resource_attributes}
     return ",".join(f"{key}={quote(value, safe='-._~:/@')}" for key, value in sorted(attributes.items()))
+
+
+# ---------------------------------------------------------------------------------------
+# Target kubernetes (the bundle's objects and the chart values files agree on these)
+# ---------------------------------------------------------------------------------------
+
+
+def kubernetes_namespace(spec: Spec) -> str:
+    return spec.kubernetes.namespace or spec.project

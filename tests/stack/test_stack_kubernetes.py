@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import subprocess
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,7 @@ from stack.renderers import alertmanager, collector, grafana, kubernetes, rules,
 from stack.spec import Spec
 from stack.topology import Topology
 from stack.write import check_drift, write_bundle
+from stack.kube_dry_run import ApiServer
 from tests.conftest import missing_tool, require_binary
 
 HERE = Path(__file__).parent
@@ -44,7 +46,7 @@ def documents(bundle, path: str) -> list[dict]:
 
 def objects_of(bundle, kind: str) -> list[dict]:
     return [d for path in bundle if path.endswith(".yaml") and path != "kustomization.yaml"
-            and not path.startswith("prometheus-tests/") for d in documents(bundle, path) if d["kind"] == kind]
+            and not path.startswith(("prometheus-tests/", "charts/")) for d in documents(bundle, path) if d["kind"] == kind]
 
 
 def spec_cases() -> list:
@@ -63,6 +65,20 @@ def default_bundle(default_spec):
     return render_bundle(default_spec)
 
 
+@pytest.fixture(scope="module")
+def api_server():
+    """One etcd + kube-apiserver on 127.0.0.1 for this module's dry runs, stopped by pid at its end."""
+    kube_apiserver, etcd = require_binary("kube-apiserver"), require_binary("etcd")
+    version, crd_dir = check_kubernetes.operator_crds()
+    if crd_dir is None:
+        missing_tool(f"the Prometheus Operator v{version} CRDs are not generated: run scripts/install-tools.sh")
+    with tempfile.TemporaryDirectory(prefix="obsgen-apiserver-") as directory:
+        server = ApiServer(kube_apiserver, etcd, Path(directory))
+        with server:
+            yield server
+        assert server.proc.poll() is not None and server.etcd_proc.poll() is not None, "still running"
+
+
 # ---------------------------------------------------------------------------------------
 # By value, per kind
 # ---------------------------------------------------------------------------------------
@@ -73,9 +89,10 @@ def test_only_kubernetes_files_and_kustomization_lists_every_object_file(default
     kustomization = yaml.safe_load(default_bundle["kustomization.yaml"])
     assert kustomization["namespace"] == default_spec.project
     object_files = {p for p in default_bundle if p.endswith(".yaml") and p != "kustomization.yaml"}
+    object_files -= {p for p in object_files if p.startswith("charts/")}  # chart values: for helm, not kustomize
     assert set(kustomization["resources"]) == object_files
-    assert all(p.startswith("prometheus-tests/") and p.endswith(".yml") for p in set(default_bundle) - object_files
-               - {"kustomization.yaml"})
+    assert all((p.startswith("prometheus-tests/") and p.endswith(".yml")) or p.startswith("charts/")
+               for p in set(default_bundle) - object_files - {"kustomization.yaml"})
 
 
 def test_prometheus_rules_hold_exactly_the_compose_groups(default_spec, default_bundle):
@@ -253,13 +270,14 @@ def _require_kubernetes_validate() -> None:
 
 
 @pytest.mark.parametrize("load", spec_cases())
-def test_every_spec_passes_the_kubernetes_checks(load, tmp_path):
+def test_every_spec_passes_the_kubernetes_checks(load, tmp_path, api_server):
     _require_kubernetes_validate()
-    for tool in ("k8s-check", "promtool", "pint", "otelcol"):
+    for tool in ("k8s-check", "promtool", "pint", "otelcol", "jaeger"):
         require_binary(tool)
     spec = load()
     write_bundle(render_bundle(spec), tmp_path / "k8s")
-    results = run_checks(tmp_path / "k8s")
+    # obsgen check's checks, the dry run on this module's API server (the CLI starts its own).
+    results = check_kubernetes.run_checks(tmp_path / "k8s", api_server=api_server)
     report = format_report(results)
     assert not [r for r in results if r.status == "skipped"], report
     failed = [r for r in results if r.status == "failed"]
@@ -272,7 +290,78 @@ def test_every_spec_passes_the_kubernetes_checks(load, tmp_path):
                      f"{compose_pint.detail}")
     assert not failed, f"checks failed for {spec.project} (target kubernetes):\n{report}"
     names = {r.name for r in results}
-    assert {"promtool check rules", "promtool test rules", "otelcol validate", "pint lint"} <= names
+    assert {"promtool check rules", "promtool test rules", "otelcol validate", "pint lint", "jaeger validate",
+            check_kubernetes.DRY_RUN} <= names
+
+
+def test_obsgen_check_dispatches_a_kubernetes_bundle_and_starts_its_own_api_server(default_bundle, tmp_path):
+    _require_kubernetes_validate()
+    for tool in ("k8s-check", "promtool", "pint", "otelcol", "jaeger", "kube-apiserver", "etcd"):
+        require_binary(tool)
+    write_bundle(default_bundle, tmp_path / "k8s")
+    results = {r.name: r for r in run_checks(tmp_path / "k8s")}
+    dry_run = results[check_kubernetes.DRY_RUN]
+    assert dry_run.status == "passed", format_report(list(results.values()))
+    objects = sum(len(objs) for objs in check_kubernetes.load_objects(tmp_path / "k8s").values())
+    assert dry_run.subject.startswith(f"{objects} objects") and dry_run.version == "1.37.2"
+
+
+def test_dry_run_without_the_tools_is_skipped_with_where_it_looked(default_bundle, tmp_path, monkeypatch):
+    monkeypatch.setenv("PATH", str(tmp_path / "empty"))
+    monkeypatch.setenv("OBSGEN_TOOLS", str(tmp_path / "no-tools"))
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "no-cache"))
+    result = check_kubernetes.check_dry_run({"namespace.yaml": documents(default_bundle, "namespace.yaml")})
+    assert result.status == "skipped" and "CRDs were not found" in result.detail
+    (tmp_path / "no-tools" / "share" / "prometheus-operator-crds" / "v0.95.2").mkdir(parents=True)
+    result = check_kubernetes.check_dry_run({"namespace.yaml": documents(default_bundle, "namespace.yaml")})
+    assert result.status == "skipped" and result.detail.startswith("kube-apiserver not found; looked in"), result
+
+
+# ---------------------------------------------------------------------------------------
+# The API server refuses what it must (and what the offline checks let through)
+# ---------------------------------------------------------------------------------------
+
+
+def _dry_run_problems(api_server, path: str, obj: dict) -> list[str]:
+    namespace = {"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": obj["metadata"]["namespace"]}}
+    result = check_kubernetes.check_dry_run({"namespace.yaml": [namespace], path: [obj]}, api_server)
+    return result.detail.splitlines() if result.status == "failed" else []
+
+
+def test_dry_run_refuses_an_unknown_field_of_a_core_object(default_bundle, api_server):
+    (deployment,) = [d for d in objects_of(default_bundle, "Deployment") if d["metadata"]["name"] == "ws-server"]
+    assert _dry_run_problems(api_server, "d.yaml", deployment) == []
+    deployment["spec"]["template"]["spec"]["containers"][0]["readinesProbe"] = {}
+    (problem,) = _dry_run_problems(api_server, "d.yaml", deployment)
+    assert 'unknown field "spec.template.spec.containers[0].readinesProbe"' in problem, problem
+
+
+def test_dry_run_refuses_a_service_port_name_the_openapi_schema_accepts(default_bundle, api_server):
+    _require_kubernetes_validate()
+    (service,) = [s for s in objects_of(default_bundle, "Service") if s["metadata"]["name"] == "collector"]
+    service["spec"]["ports"][0]["name"] = "otlp_grpc"  # "_" is not allowed in a port name (IANA_SVC_NAME)
+    assert check_kubernetes.schema_problems({"s.yaml": [service]}, "1.36") == (1, [])
+    (problem,) = _dry_run_problems(api_server, "s.yaml", service)
+    assert "spec.ports[0].name" in problem and "HTTP 422" in problem, problem
+
+
+def test_dry_run_refuses_a_rule_duration_the_operator_types_accept(default_bundle, api_server, tmp_path):
+    # k8s-check decodes into the Go types (a Duration is a string there); the CRD's schema has its pattern.
+    tool = require_binary("k8s-check")
+    rule = yaml.safe_load(default_bundle["prometheus-rules/websocket.yaml"])
+    alert = next(r for g in rule["spec"]["groups"] for r in g["rules"] if "for" in r)
+    alert["for"] = "5 minutes"
+    (tmp_path / "r.yaml").write_text(yaml.safe_dump(rule))
+    assert subprocess.run([tool, str(tmp_path / "r.yaml")], capture_output=True, timeout=60).returncode == 0
+    (problem,) = _dry_run_problems(api_server, "r.yaml", rule)
+    assert "PrometheusRule" in problem and ".for" in problem and "should match" in problem, problem
+
+
+def test_dry_run_refuses_an_unknown_field_of_an_operator_object(default_bundle, api_server):
+    monitor = yaml.safe_load(default_bundle["monitors/collector.yaml"])
+    monitor["spec"]["endpoints"][0]["scrapeEvery"] = "15s"
+    (problem,) = _dry_run_problems(api_server, "m.yaml", monitor)
+    assert 'unknown field "spec.endpoints[0].scrapeEvery"' in problem, problem
 
 
 # ---------------------------------------------------------------------------------------
