@@ -47,6 +47,7 @@ def cmd_render(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.target and args.target != spec.target:
         spec = spec.model_copy(update={"target": args.target})
     bundle = render_bundle(spec)
+    _warn_about_metric_names(spec, bundle, err)
     if args.check:
         found = check_drift(bundle, args.out)
         for item in found:
@@ -69,6 +70,17 @@ def cmd_render(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         file=out,
     )
     return EXIT_OK
+
+
+def _warn_about_metric_names(spec, bundle, err: TextIO) -> None:
+    """A custom alert naming a metric nothing exposes renders (the user may know better) with a
+    warning; `obsgen check` fails on it."""
+    if not spec.alerts.custom:
+        return
+    from stack.metric_names import bundle_recorded_names, custom_alert_problems
+
+    for problem in custom_alert_problems(spec, bundle_recorded_names(bundle)):
+        print(f"obsgen: warning: {problem}", file=err)
 
 
 def cmd_init(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
