@@ -195,6 +195,9 @@ class _Walker:
         if _is_model(hint):
             self.model(value, hint, path)
             return
+        if inspect.isclass(hint) and hint.__name__ == "Dataquery" and hint.__module__.endswith("cog.variants"):
+            self.query(value, path, "")  # the SDK's "any query" base: dispatched by datasource type
+            return
         self.problem(path, f"no rule for the model type {_type_name(hint)} (obsgen's walker is behind the SDK)")
 
     def union(self, value: Any, alternatives: tuple, path: str) -> None:
@@ -217,12 +220,6 @@ class _Walker:
     def model(self, value: Any, cls: type, path: str) -> None:
         if not isinstance(value, dict):
             self.problem(path, f"expected an object ({cls.__name__}), got {_json_type(value)}")
-            return
-        from grafana_foundation_sdk.cog import variants as cogvariants
-
-        if cls is cogvariants.Dataquery or (inspect.isclass(cls) and cls.__name__ == "Dataquery"
-                                            and cls.__module__.endswith("cog.variants")):
-            self.query(value, path, "")
             return
         fields = model_fields(cls)
         name = cls.__name__
