@@ -23,8 +23,15 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERNAL = 0, 1, 2, 3
 DEFAULT_INIT_PATH = "obsgen.yaml"
 
 
+ERROR_PREFIX = "obsgen: "  # every error obsgen prints ends with a line starting so
+
+
 class UsageError(Exception):
-    """Bad command-line use: printed as one line, exit 2."""
+    """Bad command-line use: printed as one line (after argparse's usage, if any), exit 2."""
+
+    def __init__(self, message: str, usage: str = "") -> None:
+        super().__init__(message)
+        self.usage = usage
 
 
 # ---------------------------------------------------------------------------------------
@@ -40,18 +47,22 @@ def cmd_render(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     if args.target and args.target != spec.target:
         spec = spec.model_copy(update={"target": args.target})
     bundle = render_bundle(spec)
+    _warn_about_metric_names(spec, bundle, err)
     if args.check:
-        drift = check_drift(bundle, args.out)
+        found = check_drift(bundle, args.out)
+        for item in found:
+            print(f"{item.kind:8} {item.path}", file=out)
+        drift = [item for item in found if item.is_drift]
+        kept = len(found) - len(drift)
+        kept_note = f"; {kept} entr{'ies' if kept != 1 else 'y'} obsgen did not write (kept by render)" if kept else ""
         if drift:
-            for item in drift:
-                print(f"{item.kind:8} {item.path}", file=out)
             print(
                 f"obsgen: {len(drift)} file(s) in {args.out} differ from what {spec_name} renders "
-                f"(target {spec.target}); run `obsgen render` without --check to update",
+                f"(target {spec.target}){kept_note}; run `obsgen render` without --check to update",
                 file=err,
             )
             return EXIT_FAILED
-        print(f"obsgen: {args.out} is up to date ({len(bundle)} files, target {spec.target})", file=out)
+        print(f"obsgen: {args.out} is up to date ({len(bundle)} files, target {spec.target}){kept_note}", file=out)
         return EXIT_OK
     written = write_bundle(bundle, args.out)
     print(
@@ -59,6 +70,17 @@ def cmd_render(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
         file=out,
     )
     return EXIT_OK
+
+
+def _warn_about_metric_names(spec, bundle, err: TextIO) -> None:
+    """A custom alert naming a metric nothing exposes renders (the user may know better) with a
+    warning; `obsgen check` fails on it."""
+    if not spec.alerts.custom:
+        return
+    from stack.metric_names import bundle_recorded_names, custom_alert_problems
+
+    for problem in custom_alert_problems(spec, bundle_recorded_names(bundle)):
+        print(f"obsgen: warning: {problem}", file=err)
 
 
 def cmd_init(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
@@ -106,7 +128,7 @@ def cmd_up(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     try:
         report = up(bundle_dir, out=out, timeout=args.timeout)
     except UpError as exc:
-        print(f"obsgen: {exc}", file=err)
+        print(_prefixed(str(exc)), file=err)
         return EXIT_FAILED
     print(
         f"obsgen: {len(report.started)} running, {len(report.skipped)} skipped; logs in {bundle_dir / 'logs'}",
@@ -164,7 +186,8 @@ class _Parser(argparse.ArgumentParser):
     """argparse exits 2 with its own message; we only make it raise so tests can catch it."""
 
     def error(self, message: str):  # noqa: D401 - argparse's signature
-        raise UsageError(f"{self.format_usage().rstrip()}\n{self.prog}: error: {message}")
+        command = self.prog.partition(" ")[2]  # "render" of "obsgen render"; "" at the top
+        raise UsageError(f"{command + ': ' if command else ''}{message}", usage=self.format_usage().rstrip())
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -181,9 +204,17 @@ def build_parser() -> argparse.ArgumentParser:
         description="Render every config of the stack from SPEC (the embedded default when omitted).",
     )
     render.add_argument("spec", nargs="?", metavar="SPEC", help="spec file ('-' for stdin); default: the embedded demo spec")
-    render.add_argument("--out", "-o", required=True, metavar="DIR", help="bundle directory (replaced as a whole)")
+    render.add_argument(
+        "--out", "-o", required=True, metavar="DIR",
+        help="bundle directory: the files an earlier render wrote there are replaced (listed in "
+        "DIR/.obsgen-manifest); anything else at its top (data/ of obsgen up, your notes) is kept",
+    )
     render.add_argument("--target", choices=("compose", "local", "kubernetes"), help="override the spec's target")
-    render.add_argument("--check", action="store_true", help="write nothing; exit 1 listing every file that differs")
+    render.add_argument(
+        "--check", action="store_true",
+        help="write nothing; list every file that differs, is missing, is left over (extra) or was not "
+        "written by obsgen (foreign inside its directories: exit 1; kept at the top: exit 0)",
+    )
     render.set_defaults(func=cmd_render)
 
     init = commands.add_parser("init", help="write a commented starter spec")
@@ -236,8 +267,9 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         print(f"obsgen: {count} problem{'s' if count != 1 else ''} in the spec; nothing written", file=err)
         return EXIT_USAGE
     except (UsageError, BundleWriteError) as exc:
-        text = str(exc)
-        print(text if text.startswith(("obsgen", "usage:")) else f"obsgen: {text}", file=err)
+        if getattr(exc, "usage", ""):
+            print(exc.usage, file=err)
+        print(_prefixed(str(exc)), file=err)
         return EXIT_USAGE
     except RenderError as exc:
         print(f"obsgen: internal error, please report it: {exc}", file=err)
@@ -249,6 +281,11 @@ def main(argv: Sequence[str] | None = None, out: TextIO | None = None, err: Text
         return int(exc.code or 0) if isinstance(exc.code, int) or exc.code is None else EXIT_USAGE
     except BrokenPipeError:
         return EXIT_OK  # `obsgen schema | head`: the reader left, nothing is wrong
+
+
+def _prefixed(text: str) -> str:
+    # Only the exact prefix counts: "obsgen.yaml already exists" is a message, not a prefix.
+    return text if text.startswith(ERROR_PREFIX) else ERROR_PREFIX + text
 
 
 def _load(spec_arg: str | None):

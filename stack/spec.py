@@ -226,6 +226,15 @@ class MetricsEndpoint(Model):
     port: Port = 8000
     path: str = Field("/metrics", pattern=r"^/")
     scrape_interval: Duration | None = None
+    exporter: bool = Field(
+        False, description="The service is instrumented with obsgen's exporter library, so it exposes the metric "
+        "catalog of exporter/catalog.py (builtin services always do); custom alerts' names are checked against it.",
+    )
+    names: list[Annotated[str, StringConstraints(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")]] = Field(
+        default_factory=list,
+        description="Metric names this service exposes (a histogram's base name covers its _bucket/_sum/_count); "
+        "custom alerts' names are checked against them, the built-in server's catalog and the stack's own.",
+    )
 
 
 # A Docker image reference as the engine parses it: [registry[:port]/]path[:tag][@algorithm:digest],

@@ -34,8 +34,21 @@ class BundleWriteError(Exception):
 
 @dataclass(frozen=True, order=True)
 class Drift:
+    """One line of ``render --check``.
+
+    ``differs``/``missing``: a file of the bundle; ``extra``: written by an earlier render, no
+    longer rendered (the next render deletes it); ``foreign``: not written by obsgen, inside a
+    directory the bundle writes (render refuses until it is moved away); ``kept``: a top-level
+    entry obsgen did not write (``data/`` of ``obsgen up``, a note of yours), which render leaves
+    as it is. Only ``kept`` is not drift.
+    """
+
     path: str
-    kind: Literal["differs", "missing", "extra"]
+    kind: Literal["differs", "missing", "extra", "foreign", "kept"]
+
+    @property
+    def is_drift(self) -> bool:
+        return self.kind != "kept"
 
     def __str__(self) -> str:
         return f"{self.kind}: {self.path}"
@@ -193,7 +206,9 @@ def _swap(staging: Path, out: Path, carried: list[str]) -> None:
 
 
 def check_drift(bundle: Mapping[str, bytes], out_dir: str | os.PathLike) -> list[Drift]:
-    """Every file that differs from ``bundle``, is missing, or is left over from an earlier render."""
+    """Every file that differs from ``bundle``, is missing, is left over from an earlier render or
+    was not written by obsgen (see ``Drift``); a top-level directory obsgen did not write is one
+    ``kept`` entry (``data/``), not every file in it."""
     out = Path(out_dir)
     drift: list[Drift] = []
     for path, data in bundle.items():
@@ -204,9 +219,14 @@ def check_drift(bundle: Mapping[str, bytes], out_dir: str | os.PathLike) -> list
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
             drift.append(Drift(path, "missing"))
     if out.is_dir():
-        previous = set(read_manifest(out) or ())
+        manifest = read_manifest(out)
+        previous = set(manifest or ())
+        # In a directory obsgen did not write, render refuses to touch anything: nothing is kept.
+        outside = "kept" if manifest is not None else "foreign"
         top = {path.split("/")[0] for path in bundle} | {path.split("/")[0] for path in previous}
         for path in _files_under(out, sorted(name for name in top if (out / name).exists())):
             if path not in bundle and path != MANIFEST:
-                drift.append(Drift(path, "extra"))
+                drift.append(Drift(path, "extra" if path in previous else "foreign"))
+        for name in sorted(set(os.listdir(out)) - top - {MANIFEST}):
+            drift.append(Drift(f"{name}/" if (out / name).is_dir() and not (out / name).is_symlink() else name, outside))
     return sorted(set(drift))

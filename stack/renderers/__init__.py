@@ -11,6 +11,7 @@ refuses two renderers writing the same path.
 Bundle layout (agreed by all renderers and by ``obsgen check`` / ``obsgen up``):
     collector/config.yaml
     prometheus/prometheus.yml, prometheus/rules/*.yml, prometheus/tests/*.yml
+    prometheus/metric-names.yaml (with custom alerts: what their metric names are checked against)
     alertmanager/alertmanager.yml, alertmanager/templates/*.tmpl, alertmanager/route-tests.yaml
     loki/config.yaml
     jaeger/config.yaml
@@ -27,6 +28,7 @@ RENDERERS: tuple[str, ...] = (
     "jaeger",
     "prometheus",
     "rules",
+    "known_metrics",
     "alertmanager",
     "runbooks",
     "compose",

@@ -49,8 +49,11 @@ ROUTE_TESTS_HEADER = (
     "amtool config routes test --config.file=alertmanager/alertmanager.yml --verify.receivers=<receivers> <labels>"
 )
 
+# The templates of alerts/notifications.tmpl each receiver type fills its fields with.
 TITLE = '{{ template "obsgen.title" . }}'
 TEXT = '{{ template "obsgen.text" . }}'
+RUNBOOK = '{{ template "obsgen.runbook" . }}'
+EMAIL_HTML = '{{ template "obsgen.email.html" . }}'
 
 
 
@@ -70,6 +73,7 @@ def receiver_config(receiver, topology: Topology) -> dict:
             "channel": receiver.channel,
             "send_resolved": receiver.send_resolved,
             "title": TITLE,
+            "title_link": RUNBOOK,  # the title opens the first alert's runbook
             "text": TEXT,
         }]}
     if isinstance(receiver, PagerDutyReceiver):
@@ -78,7 +82,7 @@ def receiver_config(receiver, topology: Topology) -> dict:
             "send_resolved": receiver.send_resolved,
             "description": TITLE,
             "details": {"alerts": TEXT},
-            "links": [{"href": '{{ template "obsgen.runbook" . }}', "text": "Runbook"}],
+            "links": [{"href": RUNBOOK, "text": "Runbook"}],
         }]}
     if isinstance(receiver, WebhookReceiver):
         # A URL naming the bundled alert sink (http://alert-sink:5001/...) resolves per target.
@@ -98,7 +102,7 @@ def receiver_config(receiver, topology: Topology) -> dict:
             "require_tls": receiver.require_tls,
             "send_resolved": receiver.send_resolved,
             "headers": {"Subject": TITLE},
-            "html": '{{ template "obsgen.email.html" . }}',
+            "html": EMAIL_HTML,
             "text": TEXT,
         })
         return {"name": receiver.name, "email_configs": [email]}

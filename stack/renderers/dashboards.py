@@ -3,9 +3,9 @@
 A definition (``dashboards/*.yaml``) says what to show: rows of panels with their queries.
 This module decides how Grafana gets it: panel ids, grid positions, datasources, variables and
 the JSON shape of the pinned Grafana. Plain dicts are built here rather than with
-grafana-foundation-sdk: its newest build targets Grafana 11.6 (pip's default pick targets 10.1,
-schemaVersion 36) while the stack pins Grafana 13, and the few shapes needed are easier to read
-and to check as data than through typed builders.
+grafana-foundation-sdk: no build targets Grafana 13 (the stack's pin; pip's default pick targets
+10.1), and the few shapes needed are easier to read and to check as data than through typed
+builders. The SDK's models check them instead (stack/grafana_schema.py, `obsgen check`).
 
 Metric names come from ``exporter/catalog.py``: a definition writes ``@ACTIVE_CONNECTIONS``
 (a Metric constant) and this module writes the constant's exposition name. Pure: the

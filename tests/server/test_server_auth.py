@@ -97,3 +97,20 @@ def test_secret_file_content():
     assert read_secret("  " + "k" * 40 + "\n") == "k" * 40
     with pytest.raises(ValueError, match="shorter than 32 bytes"):
         read_secret("short\n")
+
+
+def test_a_token_signed_with_the_raw_secret_file_is_4002_and_with_its_stripped_text_passes(tmp_path):
+    """What docs/server.md tells a client that mints its own tokens: the key is the file's text with
+    surrounding whitespace stripped (as the server and the load generator read it), not its bytes."""
+    from instrumented_server.config import read_secret_file
+
+    path = tmp_path / "jwt-secret"
+    path.write_text("k" * 44 + "\n")  # what `head -c 32 /dev/urandom | base64 > jwt-secret` writes
+    server = Authenticator(read_secret_file(str(path)))
+    raw = jwt.encode({"sub": "alice", "exp": NOW + 60}, path.read_bytes(), algorithm="HS256")
+    with pytest.raises(AuthError) as info:
+        server.verify(raw, now=NOW)
+    assert (info.value.code, info.value.code.value) == (CloseCode.AUTH_FAILED, 4002)
+    assert "bad signature" in info.value.reason
+    stripped = jwt.encode({"sub": "alice", "exp": NOW + 60}, path.read_text().strip(), algorithm="HS256")
+    assert server.verify(stripped, now=NOW).user == "alice"

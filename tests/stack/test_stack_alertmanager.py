@@ -304,6 +304,120 @@ def test_amtool_renders_the_notification_with_summary_description_and_runbook(tm
     assert '<a href="http://localhost:3000/public/runbooks/WebSocketHighErrorRate.md">Runbook</a>' in out
 
 
+RUNBOOK_URL = "http://127.0.0.1:3001/WebSocketHighErrorRate.md"
+ERROR_ALERT = {
+    "labels": {"alertname": "WebSocketHighErrorRate", "service": "ws", "severity": "critical"},
+    "annotations": {"summary": "A WebSocket service fails to handle many of the messages it receives.",
+                    "description": "Errors on ws amount to 7% of the messages it received.",
+                    "runbook_url": RUNBOOK_URL},
+}
+
+
+def notification_data(status: str) -> dict:
+    """Alertmanager's template data (template.Data) for one group of WebSocketHighErrorRate:
+    firing = one alert firing and a second one (another instance) already resolved."""
+    def alert(state: str, instance: str) -> dict:
+        return {"status": state, "fingerprint": instance, "generatorURL": "http://prometheus:9090/graph",
+                "startsAt": "2026-12-06T10:00:00Z",
+                "endsAt": "2026-12-06T10:12:00Z" if state == "resolved" else "0001-01-01T00:00:00Z",
+                "labels": {**ERROR_ALERT["labels"], "instance": instance},
+                "annotations": dict(ERROR_ALERT["annotations"])}
+    alerts = ([alert("firing", "ws-1:8765"), alert("resolved", "ws-2:8765")] if status == "firing"
+              else [alert("resolved", "ws-1:8765")])
+    return {"receiver": "team", "status": status, "externalURL": "http://alertmanager:9093",
+            "groupLabels": {"alertname": "WebSocketHighErrorRate", "service": "ws"},
+            "commonLabels": ERROR_ALERT["labels"], "commonAnnotations": {}, "alerts": alerts}
+
+
+def _alert_text(instance: str) -> str:
+    return (f"- {ERROR_ALERT['annotations']['summary']}\n{ERROR_ALERT['annotations']['description']}\n"
+            f"Runbook: {RUNBOOK_URL}\n"
+            f"Labels: alertname=WebSocketHighErrorRate instance={instance} service=ws severity=critical\n")
+
+
+EXPECTED_NOTIFICATION = {
+    "firing": {
+        "title": "[FIRING:1] WebSocketHighErrorRate on ws [critical]",
+        "text": "Firing:\n" + _alert_text("ws-1:8765") + "Resolved:\n" + _alert_text("ws-2:8765"),
+    },
+    "resolved": {
+        "title": "[RESOLVED] WebSocketHighErrorRate on ws [critical]",
+        "text": "Resolved:\n" + _alert_text("ws-1:8765"),
+    },
+}
+
+
+def templated_fields(receiver: dict) -> dict[str, str]:
+    """Every templated string of a receiver config, by its key path (``slack_configs.title``)."""
+    found: dict[str, str] = {}
+
+    def walk(value, path: str) -> None:
+        if isinstance(value, dict):
+            for key, item in value.items():
+                walk(item, f"{path}.{key}" if path else key)
+        elif isinstance(value, list):
+            for item in value:
+                walk(item, path)
+        elif isinstance(value, str) and "{{" in value:
+            found[path] = value
+
+    walk({k: v for k, v in receiver.items() if k != "name"}, "")
+    return found
+
+
+@pytest.mark.parametrize("status", ["firing", "resolved"])
+def test_slack_email_and_pagerduty_fields_render_through_amtool(tmp_path, status):
+    """Each templated field of the rendered Slack, PagerDuty and email receivers, rendered by the
+    pinned amtool from the bundle's template file, on a firing and on a resolved group."""
+    spec = load_spec_file(SPECS / "all-receivers.yaml")
+    root = write(spec, tmp_path)
+    cfg = yaml.safe_load((root / "alertmanager/alertmanager.yml").read_text())
+    (tmp_path / "data.json").write_text(json.dumps(notification_data(status)))
+    receivers = {r["name"]: r for r in cfg["receivers"]}
+
+    def render(field: str) -> str:
+        html = field.endswith(".html")
+        result = amtool(root, "template", "render", "--template.glob=alertmanager/templates/*.tmpl",
+                        f"--template.data={tmp_path / 'data.json'}", f"--template.type={'html' if html else 'text'}",
+                        f"--template.text={fields[field]}")
+        assert result.returncode == 0, (field, result.stdout + result.stderr)
+        return result.stdout.removesuffix("\n")
+
+    expected = EXPECTED_NOTIFICATION[status]
+    title, text = expected["title"], expected["text"].removesuffix("\n")
+    fields = templated_fields(receivers["team-slack"])
+    assert {name: render(name) for name in fields} == {
+        "slack_configs.title": title, "slack_configs.title_link": RUNBOOK_URL, "slack_configs.text": text}
+    fields = templated_fields(receivers["pager"])
+    assert {name: render(name) for name in fields} == {
+        "pagerduty_configs.description": title, "pagerduty_configs.details.alerts": text,
+        "pagerduty_configs.links.href": RUNBOOK_URL}
+    fields = templated_fields(receivers["mail"])
+    rendered_mail = {name: render(name) for name in fields}
+    assert set(rendered_mail) == {"email_configs.headers.Subject", "email_configs.html", "email_configs.text"}
+    assert rendered_mail["email_configs.headers.Subject"] == title
+    assert rendered_mail["email_configs.text"] == text
+    html = rendered_mail["email_configs.html"]
+    assert html.startswith(f"<h2>{title}</h2>")
+    states = ["FIRING", "RESOLVED"] if status == "firing" else ["RESOLVED"]
+    assert re.findall(r"<h3>(\w+): ", html) == states
+    assert html.count(f'<p><a href="{RUNBOOK_URL}">Runbook</a></p>') == len(states)
+    assert "<li>severity: critical</li>" in html and "7% of the messages" in html
+
+
+def test_webhook_receivers_use_no_template_and_the_template_header_says_so():
+    cfg, template, _ = rendered(load_spec_file(SPECS / "all-receivers.yaml"))
+    hooks = [r for r in cfg["receivers"] if "webhook_configs" in r]
+    assert hooks and all(templated_fields(r) == {} for r in hooks)
+    header = template.split("*/}}")[0]
+    for line in ("slack      title = obsgen.title, title_link = obsgen.runbook, text = obsgen.text",
+                 "email      Subject = obsgen.title, html = obsgen.email.html, text = obsgen.text",
+                 "Webhook receivers use none of them"):
+        assert line in header
+    for name in set(re.findall(r"obsgen\.[a-z.]+", header)) - {"obsgen.tmpl"}:
+        assert f'define "{name}"' in template, f"the header names {name}, which the file does not define"
+
+
 @pytest.mark.e2e
 def test_alertmanager_loads_the_config_from_the_bundle_root(tmp_path, processes):
     binary = require_binary("prometheus-alertmanager") if not _which("alertmanager") else _which("alertmanager")

@@ -127,10 +127,39 @@ def test_check_flag_exits_1_listing_every_file_that_differs(tmp_path):
     code, stdout, stderr = run("render", "--out", str(out_dir), "--check")
     assert code == 1
     assert sorted(stdout.splitlines()) == sorted(
-        [f"differs  {rendered[0]}", f"missing  {rendered[1]}", f"extra    {stale.as_posix()}"]
+        [f"differs  {rendered[0]}", f"missing  {rendered[1]}", f"foreign  {stale.as_posix()}"]
     )
     assert "3 file(s)" in stderr
     assert (out_dir / stale).exists() and not (out_dir / rendered[1]).exists(), "--check changes nothing"
+
+
+def test_files_obsgen_did_not_write_are_kept_by_render_and_listed_by_check(tmp_path):
+    """What --out's help promises: obsgen's files are replaced, anything else at the top is kept."""
+    out_dir = tmp_path / "stack"
+    assert run("render", "--out", str(out_dir))[0] == 0
+    (out_dir / "NOTES.md").write_text("mine\n")
+    (out_dir / "data").mkdir()
+    (out_dir / "data" / "tsdb").write_text("state\n")
+    code, stdout, _ = run("render", "--out", str(out_dir), "--check")
+    assert code == 0, stdout
+    assert stdout.splitlines()[:2] == ["kept     NOTES.md", "kept     data/"]
+    assert "2 entries obsgen did not write (kept by render)" in stdout
+    assert run("render", "--out", str(out_dir), "--target", "local")[0] == 0
+    assert (out_dir / "NOTES.md").read_text() == "mine\n" and (out_dir / "data" / "tsdb").exists()
+    code, stdout, _ = run("render", "--out", str(out_dir))
+    assert code == 0
+    # A file an earlier render wrote and this one does not is "extra": the next render deletes it.
+    code, stdout, _ = run("render", "--out", str(out_dir), "--check", "--target", "local")
+    assert code == 1
+    extra = [line.split()[1] for line in stdout.splitlines() if line.startswith("extra")]
+    assert extra and all(path in (out_dir / MANIFEST).read_text() for path in extra)
+
+
+def test_render_help_says_what_is_replaced_and_what_is_kept(capsys):
+    assert run("render", "--help")[0] == 0
+    text = " ".join(capsys.readouterr().out.split())
+    assert "replaced as a whole" not in text
+    assert "anything else at its top (data/ of obsgen up, your notes) is kept" in text
 
 
 def test_check_flag_on_a_missing_directory_lists_every_file(tmp_path):
@@ -246,6 +275,55 @@ def test_usage_errors_exit_2(tmp_path):
     code, _, stderr = run("render", "--out", str(tmp_path), "--target", "nomad")
     assert code == 2
     assert "invalid choice" in stderr
+
+
+LOCATION = re.compile(r"^[^:\s]+(:\d+:\d+)?: ")  # a spec problem: file[:line:column]: key: what
+
+
+def _error_cases(tmp_path: Path) -> list[tuple[str, list[str]]]:
+    (tmp_path / "obsgen.yaml").write_text(VALID)
+    (tmp_path / "bad.yaml").write_text(VALID + "servces: []\n")
+    (tmp_path / "a-file").write_text("x\n")
+    (tmp_path / "foreign").mkdir()
+    (tmp_path / "foreign" / "mine.txt").write_text("x\n")
+    return [
+        ("no command", []),
+        ("unknown command", ["deploy"]),
+        ("missing --out", ["render"]),
+        ("bad --target", ["render", "--out", str(tmp_path / "o"), "--target", "nomad"]),
+        ("unknown flag", ["check", str(tmp_path), "--fast"]),
+        ("missing spec file", ["render", str(tmp_path / "none.yaml"), "--out", str(tmp_path / "o")]),
+        ("bad spec", ["render", str(tmp_path / "bad.yaml"), "--out", str(tmp_path / "o")]),
+        ("--out is a file", ["render", "--out", str(tmp_path / "a-file")]),
+        ("--out not written by obsgen", ["render", "--out", str(tmp_path / "foreign")]),
+        ("drift", ["render", "--out", str(tmp_path / "o"), "--check"]),
+        ("init over obsgen.yaml", ["init", str(tmp_path / "obsgen.yaml")]),
+        ("init onto a directory", ["init", str(tmp_path / "foreign"), "--force"]),
+        ("check of no directory", ["check", str(tmp_path / "none")]),
+        ("up of no directory", ["up", str(tmp_path / "none")]),
+        ("down of no directory", ["down", str(tmp_path / "none")]),
+    ]
+
+
+def test_every_error_ends_with_the_obsgen_prefix(tmp_path, monkeypatch):
+    """Whatever fails, the user reads `obsgen: what went wrong` last; other lines are argparse's
+    usage or a spec problem's file:line:column."""
+    monkeypatch.chdir(tmp_path)
+    for name, argv in _error_cases(tmp_path):
+        code, _, stderr = run(*argv)
+        lines = stderr.rstrip("\n").splitlines()
+        assert code in (1, 2), (name, code, stderr)
+        assert lines and lines[-1].startswith("obsgen: "), (name, stderr)
+        assert not lines[-1].startswith("obsgen: obsgen"), (name, stderr)
+        for line in lines:
+            assert line.startswith(("obsgen: ", "usage: ", " ")) or LOCATION.match(line), (name, line)
+
+
+def test_init_over_the_default_name_keeps_the_prefix(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "obsgen.yaml").write_text(VALID)
+    code, _, stderr = run("init")
+    assert (code, stderr) == (2, "obsgen: obsgen.yaml already exists; pass --force to overwrite it\n")
 
 
 def test_help_and_version_exit_0(capsys):

@@ -167,20 +167,33 @@ def test_a_file_in_the_way_is_an_error(tmp_path):
         write_bundle(BUNDLE, out)
 
 
-def test_drift_lists_every_differing_missing_and_extra_file(tmp_path):
+def test_drift_lists_every_differing_missing_extra_foreign_and_kept_file(tmp_path):
     out = tmp_path / "stack"
-    write_bundle(BUNDLE, out)
-    assert check_drift(BUNDLE, out) == []
+    write_bundle({**BUNDLE, "prometheus/rules/stale.yml": b"groups: []\n"}, out)
+    assert check_drift(BUNDLE, out) == [Drift("prometheus/rules/stale.yml", "extra")]
     (out / "prometheus" / "prometheus.yml").write_bytes(b"global: {scrape_interval: 1s}\n")
     (out / "docker-compose.yml").unlink()
-    (out / "prometheus" / "rules" / "stale.yml").write_bytes(b"groups: []\n")
+    (out / "prometheus" / "rules" / "by-hand.yml").write_bytes(b"groups: []\n")
     (out / "data").mkdir()
     (out / "data" / "tsdb").write_bytes(b"not part of the bundle, not drift")
-    assert check_drift(BUNDLE, out) == [
+    (out / "NOTES.md").write_bytes(b"mine")
+    found = check_drift(BUNDLE, out)
+    assert found == [
+        Drift("NOTES.md", "kept"),
+        Drift("data/", "kept"),
         Drift("docker-compose.yml", "missing"),
         Drift("prometheus/prometheus.yml", "differs"),
+        Drift("prometheus/rules/by-hand.yml", "foreign"),
         Drift("prometheus/rules/stale.yml", "extra"),
     ]
+    assert [d.path for d in found if not d.is_drift] == ["NOTES.md", "data/"]
+
+
+def test_drift_in_a_directory_obsgen_did_not_write_calls_everything_foreign(tmp_path):
+    out = tmp_path / "home"
+    out.mkdir()
+    (out / "notes.txt").write_text("mine")
+    assert Drift("notes.txt", "foreign") in check_drift(BUNDLE, out)
 
 
 def test_drift_against_a_directory_that_does_not_exist(tmp_path):
