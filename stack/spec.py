@@ -453,6 +453,11 @@ class AlertSinkSettings(Component):
     )
 
 
+class RunbooksSettings(Component):
+    """Local target: `obsgen up` serves the bundle's runbooks/ on this port (unless alerts.runbook_base_url
+    points elsewhere); compose serves them from Grafana's public folder instead."""
+
+
 class Components(Model):
     collector: CollectorSettings = CollectorSettings()
     prometheus: PrometheusSettings = PrometheusSettings()
@@ -462,6 +467,7 @@ class Components(Model):
     grafana: GrafanaSettings = GrafanaSettings()
     redis: RedisSettings = RedisSettings()
     alert_sink: AlertSinkSettings = AlertSinkSettings()
+    runbooks: RunbooksSettings = RunbooksSettings()
 
 
 class Publish(Model):
@@ -575,8 +581,8 @@ class Alerts(Model):
     )
     runbook_base_url: str | None = Field(
         None,
-        description="Where runbooks are served; defaults to Grafana's public folder in the bundle "
-        "(runbooks/ under the rendered output).",
+        description="Where runbooks are served; defaults to the bundle's runbooks/ as Grafana's public folder "
+        "serves it (compose, kubernetes) or as `obsgen up` serves it on 127.0.0.1 (local).",
         pattern=r"^https?://\S+$",
     )
 
@@ -1055,6 +1061,8 @@ def _port(spec: Spec, component: str, name: str) -> int:
 def _component_runs(spec: Spec, component: str) -> bool:
     if component == "alert_sink":
         return uses_alert_sink(spec)
+    if component == "runbooks":
+        return serves_runbooks(spec)
     settings = getattr(spec.components, component, None)
     return getattr(settings, "enabled", True)
 
@@ -1070,6 +1078,11 @@ def alert_sink_receivers(spec: Spec) -> list[int]:
 
 def uses_alert_sink(spec: Spec) -> bool:
     return bool(alert_sink_receivers(spec))
+
+
+def serves_runbooks(spec: Spec) -> bool:
+    """The local target serves runbooks/ itself, unless the spec's runbook links point elsewhere."""
+    return spec.target == "local" and not spec.alerts.runbook_base_url
 
 
 def runs_in_compose(service: Service) -> bool:

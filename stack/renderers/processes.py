@@ -15,7 +15,8 @@ import yaml
 from stack.renderers import commands
 from stack.spec import EnvSecret, FileSecret, Service, Spec
 from stack.renderers.wiring import GRAFANA_PASSWORD_SECRET, JAEGER_HEALTH_PATH, JWT_SECRET, staged_secrets
-from stack.spec import uses_alert_sink
+from stack.renderers.alerting import RUNBOOKS_DIRECTORY
+from stack.spec import serves_runbooks, uses_alert_sink
 from stack.topology import Topology
 
 PATH = "local/processes.yaml"
@@ -59,6 +60,14 @@ def processes(spec: Spec, topology: Topology) -> dict:
             "alert-sink", ["{python}"],
             ["-m", "instrumented_server.alert_sink", "--host", "127.0.0.1", "--port", str(topology.port("alert_sink", "http"))],
             _http(topology, "alert_sink", "http", "/healthz"), [topology.url("alert_sink", "http")],
+        ))
+    if serves_runbooks(spec):  # the runbook_url of every alert points here
+        entries.append(_entry(
+            "runbooks", ["{python}"],
+            ["-m", "http.server", "--bind", "127.0.0.1", "--directory", RUNBOOKS_DIRECTORY,
+             str(topology.port("runbooks", "http"))],
+            _http(topology, "runbooks", "http", "/"), [topology.url("runbooks", "http")],
+            dirs=[RUNBOOKS_DIRECTORY],
         ))
     if spec.components.redis.enabled:
         entries.append(_entry(

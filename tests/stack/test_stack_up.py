@@ -28,6 +28,7 @@ services:
     metrics: {{port: {ws}}}
 components:
   redis: {{ports: {{redis: {redis}}}}}
+  runbooks: {{ports: {{http: {runbooks}}}}}
   collector:
     ports: {{otlp_grpc: {grpc}, otlp_http: {http}, metrics: {metrics}, prometheus: {prom}, health: {health}}}
 notifications:
@@ -37,7 +38,7 @@ notifications:
 
 
 def _spec(tmp_path: Path) -> Spec:
-    ports = {name: free_port() for name in ("ws", "redis", "grpc", "http", "metrics", "prom", "health")}
+    ports = {name: free_port() for name in ("ws", "redis", "grpc", "http", "metrics", "prom", "health", "runbooks")}
     return load_spec(SPEC.format(**ports), "uptest.yaml", base_dir=str(tmp_path))
 
 
@@ -45,7 +46,7 @@ def test_manifest_lists_components_in_dependency_order_with_shared_flags(tmp_pat
     spec = _spec(tmp_path)
     manifest = processes(spec, Topology(spec))
     names = [entry["name"] for entry in manifest["processes"]]
-    assert names == ["redis", "loki", "jaeger", "collector", "alertmanager", "prometheus", "grafana", "ws-server"]
+    assert names == ["runbooks", "redis", "loki", "jaeger", "collector", "alertmanager", "prometheus", "grafana", "ws-server"]
     server = manifest["processes"][-1]
     assert server["binary"] == ["{python}"] and server["required"] is True
     port = spec.services[0].metrics.port
@@ -105,3 +106,43 @@ def test_cli_up_on_a_missing_bundle_is_a_usage_error(tmp_path, capsys):
     assert main(["up", str(tmp_path / "nope")]) == 2
     assert "is not a directory" in capsys.readouterr().err
     assert main(["down", str(tmp_path)]) == 0
+
+
+def test_up_serves_the_runbooks_every_rule_links_to(tmp_path):
+    """Local target: each alert's runbook_url points at the runbook server `obsgen up` starts, and
+    every one of them answers 200 with the page the bundle holds; nothing outside runbooks/ is served."""
+    import urllib.error
+    import urllib.request
+
+    import yaml
+
+    from stack.check import rule_runbook_urls
+
+    spec = _spec(tmp_path)
+    bundle = tmp_path / "bundle"
+    write_bundle(render_bundle(spec), bundle)
+    rules = {str(p.relative_to(bundle)): yaml.safe_load(p.read_text()) for p in (bundle / "prometheus").rglob("*.yml")
+             if "groups" in p.read_text()}
+    urls = [url for _, url in rule_runbook_urls(rules)]
+    base = f"http://127.0.0.1:{spec.components.runbooks.ports['http']}/"
+    assert urls and all(url.startswith(base) for url in urls), urls[:3]
+    report = up_module.up(bundle, only={"runbooks"}, timeout=30)
+    try:
+        assert [s.name for s in report.started] == ["runbooks"]
+        for url in urls:
+            with urllib.request.urlopen(url, timeout=10) as response:
+                assert response.status == 200, url
+                assert response.read() == (bundle / "runbooks" / url[len(base):]).read_bytes(), url
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(base + "../local/processes.yaml", timeout=10)
+        assert refused.value.code == 404
+    finally:
+        up_module.down(bundle)
+
+
+def test_runbook_base_url_in_the_spec_replaces_the_local_runbook_server(tmp_path):
+    spec = _spec(tmp_path)
+    spec = spec.model_copy(update={"alerts": spec.alerts.model_copy(
+        update={"runbook_base_url": "https://wiki.example.com/runbooks"})})
+    names = [entry["name"] for entry in processes(spec, Topology(spec))["processes"]]
+    assert "runbooks" not in names
