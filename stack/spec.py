@@ -417,6 +417,7 @@ class AlertmanagerSettings(Component):
 
 
 class LokiSettings(Component):
+    enabled: bool = Field(True, description="Run Loki (logs backend; without it the server ships no logs). Local target only: `obsgen up` turns it off for a bundle when the binary is not installed (docs/e2e.md); compose and kubernetes run the whole stack.")
     retention: Duration = Field("168h", description="How long logs are kept; at least 24h (Loki deletes whole daily index tables).")
 
     @field_validator("retention")
@@ -428,10 +429,12 @@ class LokiSettings(Component):
 
 
 class JaegerSettings(Component):
+    enabled: bool = Field(True, description="Run Jaeger (traces backend; without it the server samples no traces). Local target only: `obsgen up` turns it off for a bundle when the binary is not installed (docs/e2e.md); compose and kubernetes run the whole stack.")
     max_traces: int = Field(100000, ge=1000, description="Traces kept by the in-memory store.")
 
 
 class GrafanaSettings(Component):
+    enabled: bool = Field(True, description="Run Grafana. Local target only: `obsgen up` turns it off for a bundle when the binary is not installed (docs/e2e.md); compose and kubernetes run the whole stack.")
     admin_user: str = "admin"
     admin_password: Secret | None = Field(
         None,
@@ -968,6 +971,15 @@ class Spec(Model):
         return self
 
     @model_validator(mode="after")
+    def _whole_stack_outside_local(self) -> "Spec":
+        left_out = [name for name in OPTIONAL_BACKENDS if not getattr(self.components, name).enabled]
+        if self.target != "local" and left_out:
+            raise KeyPathError([(("components", name, "enabled"),
+                                 f"only the local target can leave {name} out; {self.target} runs the whole stack")
+                                for name in left_out])
+        return self
+
+    @model_validator(mode="after")
     def _rate_window_covers_scrapes(self) -> "Spec":
         window = self.alerts.rate_window
         if window is None:
@@ -1056,6 +1068,16 @@ _LOOPBACK = ("127.0.0.1", "localhost", "::1")
 def _port(spec: Spec, component: str, name: str) -> int:
     settings = getattr(spec.components, component, None)
     return named_port(component, name, local=spec.target == "local", overrides=getattr(settings, "ports", None))
+
+
+# Components a local bundle can leave out (components.<name>.enabled: false): nothing scrapes,
+# exports to or starts them then. `obsgen up` leaves out those whose binary is not installed.
+OPTIONAL_BACKENDS = ("loki", "jaeger", "grafana")
+
+
+def component_runs(spec: Spec, component: str) -> bool:
+    """Whether the stack runs ``component`` (a key of stack.ports.PORTS) for this spec."""
+    return _component_runs(spec, component)
 
 
 def _component_runs(spec: Spec, component: str) -> bool:

@@ -14,7 +14,7 @@ from stack.render import render_bundle
 from stack.renderers.processes import processes
 from stack.spec import Spec
 from stack.topology import Topology
-from stack.write import write_bundle
+from stack.write import check_drift, write_bundle
 from tests.conftest import free_port, require_binary
 
 SPEC = """
@@ -146,3 +146,56 @@ def test_runbook_base_url_in_the_spec_replaces_the_local_runbook_server(tmp_path
         update={"runbook_base_url": "https://wiki.example.com/runbooks"})})
     names = [entry["name"] for entry in processes(spec, Topology(spec))["processes"]]
     assert "runbooks" not in names
+
+
+def test_up_renders_uninstalled_backends_out_of_the_bundle_and_back_in(tmp_path, monkeypatch):
+    """A backend whose binary is missing is neither started, scraped nor exported to: the bundle is
+    re-rendered from its local/spec.yaml without it; once installed, the next run brings it back."""
+    import yaml
+
+    spec = _spec(tmp_path)
+    bundle = tmp_path / "bundle"
+    write_bundle(render_bundle(spec), bundle)
+    stored = (bundle / "local" / "spec.yaml").read_bytes()
+    installed = {"loki": False, "jaeger": False, "grafana": False}
+
+    def find(candidates):
+        return None if not installed.get(candidates[0], True) else "/usr/bin/true"
+    monkeypatch.setattr(up_module, "find_binary", find)
+
+    def read(path):
+        return yaml.safe_load((bundle / path).read_text())
+
+    left_out = up_module.render_without_missing(bundle)
+    assert [name for name, _ in left_out] == ["loki", "jaeger", "grafana"]
+    assert all("not installed" in reason for _, reason in left_out)
+    names = [entry["name"] for entry in read("local/processes.yaml")["processes"]]
+    assert not {"loki", "jaeger", "grafana"} & set(names) and "collector" in names
+    jobs = {job["job_name"] for job in read("prometheus/prometheus.yml")["scrape_configs"]}
+    assert not {"loki", "jaeger", "grafana"} & jobs and "collector" in jobs
+    collector = read("collector/config.yaml")
+    assert set(collector["exporters"]) == {"prometheus"} and set(collector["service"]["pipelines"]) == {"metrics"}
+    server = next(e for e in read("local/processes.yaml")["processes"] if e["name"] == "ws-server")
+    assert server["args"][server["args"].index("--logs") + 1] == "none"
+    assert server["env"] == {"OTEL_TRACES_EXPORTER": "none"}
+    assert (bundle / "local" / "spec.yaml").read_bytes() == stored  # the next run starts from the same spec
+
+    installed.update(loki=True, jaeger=True, grafana=True)
+    assert up_module.render_without_missing(bundle) == []
+    assert not check_drift(render_bundle(spec), bundle)
+    # Declared external, a missing backend stays in the bundle (someone else runs it there).
+    installed["loki"] = False
+    assert up_module.render_without_missing(bundle, external={"loki"}) == []
+    assert "loki" in {job["job_name"] for job in read("prometheus/prometheus.yml")["scrape_configs"]}
+
+
+def test_only_the_local_target_can_leave_a_backend_out(tmp_path):
+    from stack.errors import SpecError
+
+    text = SPEC.format(**{name: free_port() for name in ("ws", "redis", "grpc", "http", "metrics", "prom",
+                                                           "health", "runbooks")})
+    text = text.replace("target: local", "target: compose").replace(
+        "components:\n", "components:\n  loki: {enabled: false}\n", 1)
+    with pytest.raises(SpecError, match="only the local target can leave loki out"):
+        load_spec(text, "x.yaml")
+    assert not load_spec(text.replace("target: compose", "target: local"), "x.yaml").components.loki.enabled
