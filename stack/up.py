@@ -6,7 +6,7 @@ it finds binaries, starts processes with the bundle root as working directory, w
 readiness, records their pids in ``.obsgen-up.json`` and stops exactly those processes again.
 
 A component it cannot start because its binary is not installed (Loki, Jaeger or Grafana: the
-spec's ``components.<name>.enabled`` switches) is left out of the bundle, not merely not started:
+spec's ``components.<name>.enabled`` switches) is left out of the stack, not merely not started:
 `up` re-renders the bundle from the spec it holds (``local/spec.yaml``) with those switched off,
 so Prometheus does not scrape them, the collector does not export to them and no alert fires for
 them. Each run starts again from that spec, so a component installed later comes back.
@@ -177,7 +177,7 @@ def up(bundle: Path, only: set[str] | None = None, out=sys.stdout, timeout: floa
     for name, reason in render_without_missing(bundle, external):
         report.skipped.append((name, reason))
         report.left_out.append(name)
-        print(f"  skipped  {name:<14} {reason}; left out of the bundle (not scraped, not exported to)", file=out)
+        print(f"  skipped  {name:<14} {reason}; left out of the stack (not started, scraped or exported to)", file=out)
     manifest = load_manifest(bundle)
     runnable = []
     for entry in manifest["processes"]:

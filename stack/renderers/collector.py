@@ -69,7 +69,7 @@ EXPORTERS = {
     "otlp_http/loki": _loki_otlp,
     "prometheus": _prometheus,
 }
-# The stack component an exporter sends to: left out of the bundle, its signal has no pipeline
+# The stack component an exporter sends to: left out of the stack, its signal has no pipeline
 # (nothing retried into a queue that only grows; the server then sends none of that signal).
 EXPORTER_BACKENDS = {"otlp_grpc/jaeger": "jaeger", "otlp_http/loki": "loki"}
 

@@ -41,7 +41,7 @@ def stack_jobs(topology: Topology) -> list[dict]:
     jobs = []
     for name, (component, _port, path, honor_labels) in STACK_JOBS.items():
         if not component_runs(topology.spec, component):
-            continue  # left out of the bundle: a target nobody serves would only read as down
+            continue  # left out of the stack: a target nobody serves would only read as down
         job: dict = {"job_name": name}
         if honor_labels:
             job["honor_labels"] = True

@@ -545,10 +545,10 @@ def test_stack_starts_and_every_started_component_is_scraped(stack: Stack, scena
     assert {"collector", "jaeger", "alertmanager", "prometheus", "redis", stack.service["name"]} \
         <= set(stack.started), stack.diagnostics()
     manifest = {entry["name"]: entry for entry in load_manifest(stack.bundle)["processes"]}
-    left_out = {name for name, reason in stack.skipped.items() if "left out of the bundle" in reason}
+    left_out = {name for name, reason in stack.skipped.items() if "left out of the stack" in reason}
     assert set(stack.started) | (set(stack.skipped) - left_out) == set(manifest), \
         "a component neither started nor skipped"
-    assert not left_out & set(manifest), f"left out of the bundle yet in its processes: {left_out & set(manifest)}"
+    assert not left_out & set(manifest), f"left out of the stack yet in the processes: {left_out & set(manifest)}"
     for name in stack.started:  # `obsgen up` says where each listens
         line = next((line for line in stack.up_output.splitlines() if re.match(rf"\s*ready\s+{name}\s", line)), "")
         assert all(address in line for address in manifest[name]["listens"]), (name, stack.up_output)
