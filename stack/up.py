@@ -29,13 +29,14 @@ from pathlib import Path
 
 import yaml
 
+from stack.errors import SpecError
 from stack.load import load_spec
 from stack.render import render_bundle
 from stack.renderers.processes import SPEC_PATH, processes
 from stack.spec import OPTIONAL_BACKENDS
 from stack.tools import find_executable, not_found_message
 from stack.topology import Topology
-from stack.write import check_drift, write_bundle
+from stack.write import BundleWriteError, check_drift, write_bundle
 
 MANIFEST = "local/processes.yaml"
 STATE_FILE = ".obsgen-up.json"
@@ -112,26 +113,33 @@ def render_without_missing(bundle: Path, external: set[str] = frozenset()) -> li
     """Re-render ``bundle`` from its ``local/spec.yaml`` without the optional components whose binary
     is not installed (and not declared ``external``); (name, reason) for each one left out.
 
-    The bundle is rewritten only when that changes a file. A bundle without a stored spec (rendered
-    by an older obsgen) is run as it is.
+    The bundle is rewritten only when a component is left out now or was left out by an earlier
+    run (so a bundle nothing is missing from stays as rendered). A bundle without a stored spec
+    (rendered by an older obsgen) is run as it is.
     """
     spec_file = bundle / SPEC_PATH
     if not spec_file.is_file():
         return []
     text = spec_file.read_text(encoding="utf-8")
-    spec = load_spec(text, str(spec_file), base_dir=str(bundle))
-    missing = [
-        (entry["name"], f"not installed: {not_found_message(entry['binary'])}")
-        for entry in processes(spec, Topology(spec))["processes"]
-        if entry["name"] in OPTIONAL_BACKENDS and entry["name"] not in external and find_binary(entry["binary"]) is None
-    ]
-    data = yaml.safe_load(text)
-    for name, _ in missing:
-        data.setdefault("components", {}).setdefault(name, {})["enabled"] = False
-    files = dict(render_bundle(load_spec(yaml.safe_dump(data, sort_keys=False), str(spec_file), base_dir=str(bundle))))
-    files[SPEC_PATH] = text.encode("utf-8")  # the spec as rendered, so the next run starts from it again
-    if check_drift(files, bundle):
-        write_bundle(files, bundle)
+    try:
+        spec = load_spec(text, str(spec_file), base_dir=str(bundle))
+        optional = [entry for entry in processes(spec, Topology(spec))["processes"] if entry["name"] in OPTIONAL_BACKENDS]
+        missing = [(entry["name"], f"not installed: {not_found_message(entry['binary'])}") for entry in optional
+                   if entry["name"] not in external and find_binary(entry["binary"]) is None]
+        listed = {entry["name"] for entry in load_manifest(bundle)["processes"]}
+        left_out_before = any(entry["name"] not in listed for entry in optional)
+        if not missing and not left_out_before:
+            return []
+        data = yaml.safe_load(text)
+        for name, _ in missing:
+            data.setdefault("components", {}).setdefault(name, {})["enabled"] = False
+        files = dict(render_bundle(load_spec(yaml.safe_dump(data, sort_keys=False), str(spec_file),
+                                             base_dir=str(bundle))))
+        files[SPEC_PATH] = text.encode("utf-8")  # the spec as rendered: the next run starts from it again
+        if check_drift(files, bundle):
+            write_bundle(files, bundle)
+    except (SpecError, BundleWriteError) as exc:
+        raise UpError(f"cannot re-render {bundle} without what is not installed: {exc}") from None
     return missing
 
 

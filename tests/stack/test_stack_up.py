@@ -183,6 +183,11 @@ def test_up_renders_uninstalled_backends_out_of_the_bundle_and_back_in(tmp_path,
     installed.update(loki=True, jaeger=True, grafana=True)
     assert up_module.render_without_missing(bundle) == []
     assert not check_drift(render_bundle(spec), bundle)
+    # With nothing missing now or before, the bundle is left as it is (a hand edit survives).
+    edited = (bundle / "prometheus" / "prometheus.yml").read_text() + "# edited by hand\n"
+    (bundle / "prometheus" / "prometheus.yml").write_text(edited)
+    assert up_module.render_without_missing(bundle) == []
+    assert (bundle / "prometheus" / "prometheus.yml").read_text() == edited
     # Declared external, a missing backend stays in the bundle (someone else runs it there).
     installed["loki"] = False
     assert up_module.render_without_missing(bundle, external={"loki"}) == []
