@@ -37,9 +37,21 @@ notifications:
 """
 
 
+PORT_NAMES = ("ws", "redis", "grpc", "http", "metrics", "prom", "health", "runbooks")
+
+
+def _distinct_free_ports() -> dict[str, int]:
+    """A free port per name, all different (free_port can hand out a port it just released again)."""
+    ports: dict[str, int] = {}
+    while len(ports) < len(PORT_NAMES):
+        port = free_port()
+        if port not in ports.values():
+            ports[PORT_NAMES[len(ports)]] = port
+    return ports
+
+
 def _spec(tmp_path: Path) -> Spec:
-    ports = {name: free_port() for name in ("ws", "redis", "grpc", "http", "metrics", "prom", "health", "runbooks")}
-    return load_spec(SPEC.format(**ports), "uptest.yaml", base_dir=str(tmp_path))
+    return load_spec(SPEC.format(**_distinct_free_ports()), "uptest.yaml", base_dir=str(tmp_path))
 
 
 def test_manifest_lists_components_in_dependency_order_with_shared_flags(tmp_path):
@@ -197,8 +209,7 @@ def test_up_renders_uninstalled_backends_out_of_the_bundle_and_back_in(tmp_path,
 def test_only_the_local_target_can_leave_a_backend_out(tmp_path):
     from stack.errors import SpecError
 
-    text = SPEC.format(**{name: free_port() for name in ("ws", "redis", "grpc", "http", "metrics", "prom",
-                                                           "health", "runbooks")})
+    text = SPEC.format(**_distinct_free_ports())
     text = text.replace("target: local", "target: compose").replace(
         "components:\n", "components:\n  loki: {enabled: false}\n", 1)
     with pytest.raises(SpecError, match="only the local target can leave loki out"):
