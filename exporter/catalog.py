@@ -45,6 +45,15 @@ class Metric:
     labels: tuple[str, ...] = ()
     buckets: tuple[float, ...] = ()
     label_values: dict[str, tuple[str, ...]] = field(default_factory=dict)
+    # Values whose series exist at zero from the first scrape; None: every label_values entry.
+    # Only values that occur on a healthy service belong here: a pre-created series that never
+    # moves is a flat 0 (or a NaN quantile) on every dashboard.
+    precreate: dict[str, tuple[str, ...]] | None = None
+
+    def precreated(self, label: str) -> tuple[str, ...]:
+        if self.precreate is None:
+            return self.label_values.get(label, ())
+        return self.precreate.get(label, ())
 
     @property
     def base_name(self) -> str:
@@ -63,6 +72,12 @@ MESSAGE_TYPES = (
     "connect", "subscribe", "unsubscribe", "publish", "presence", "history", "ping",
     "message", "join", "leave", "ack", "error", "reconnect", "other",
 )
+# What a client sends (instrumented_server.protocol.COMMAND_TYPES; "other" counts what did not
+# parse) and what a server sends (protocol.EVENT_LABEL's values): the series pre-created per direction.
+CLIENT_MESSAGE_TYPES = ("connect", "subscribe", "unsubscribe", "publish", "presence", "history", "ping", "other")
+SERVER_MESSAGE_TYPES = ("connect", "ack", "message", "join", "leave", "error", "unsubscribe", "other")
+# The close code of a normal closure: what a healthy service's disconnections carry.
+NORMAL_CLOSE_CODE = "1000"
 
 CONNECTIONS_TOTAL = Metric(
     "websocket_connections_total", "counter",
@@ -77,22 +92,23 @@ ACTIVE_CONNECTIONS = Metric(
 DISCONNECTIONS_TOTAL = Metric(
     "websocket_disconnections_total", "counter",
     "Closed WebSocket connections, by close code (1000 normal, 1001 going away, 1006 abnormal, 4xxx application).",
-    labels=("code",),
+    labels=("code",), precreate={"code": (NORMAL_CLOSE_CODE,)},
 )
 MESSAGES_RECEIVED_TOTAL = Metric(
     "websocket_messages_received_total", "counter",
     "Messages received from clients, by message type.",
-    labels=("type",), label_values={"type": MESSAGE_TYPES},
+    labels=("type",), label_values={"type": MESSAGE_TYPES}, precreate={"type": CLIENT_MESSAGE_TYPES},
 )
 MESSAGES_SENT_TOTAL = Metric(
     "websocket_messages_sent_total", "counter",
     "Messages sent to clients, by message type; a fan-out counts once per recipient.",
-    labels=("type",), label_values={"type": MESSAGE_TYPES},
+    labels=("type",), label_values={"type": MESSAGE_TYPES}, precreate={"type": SERVER_MESSAGE_TYPES},
 )
 MESSAGE_DURATION_SECONDS = Metric(
     "websocket_message_duration_seconds", "histogram",
     "Time from receiving a client message to finishing its handling, including fan-out.",
     labels=("type",), buckets=LATENCY_BUCKETS, label_values={"type": MESSAGE_TYPES},
+    precreate={"type": CLIENT_MESSAGE_TYPES},
 )
 MESSAGE_SIZE_BYTES = Metric(
     "websocket_message_size_bytes", "histogram",
@@ -122,6 +138,8 @@ BROKER_LAG_SECONDS = Metric(
     "websocket_broker_lag_seconds", "histogram",
     "Delay between a publish and its arrival through the broker backplane.",
     labels=("broker",), buckets=BROKER_LAG_BUCKETS, label_values={"broker": ("memory", "redis")},
+    # Only the broker that runs observes lag: its series appears with its first delivery.
+    precreate={"broker": ()},
 )
 RECONNECTS_TOTAL = Metric(
     "websocket_reconnects_total", "counter",

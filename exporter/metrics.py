@@ -2,8 +2,8 @@
 
 Each ``Metrics`` owns a fresh ``CollectorRegistry`` (never the global default one), so two
 instances in one process (tests, two servers) do not collide. Label children for every value
-the catalog declares are resolved up front, which also makes every series exist at zero from
-the first scrape (``rate()`` and absent-metric alerts then behave from the start). Formatting
+the catalog pre-creates (``Metric.precreated``) are resolved up front, which also makes those
+series exist at zero from the first scrape (``rate()`` and absent-metric alerts then behave from the start). Formatting
 happens only in ``exposition()``, at scrape time.
 """
 
@@ -55,20 +55,23 @@ class Children(dict):
         self._wrap = wrap
         self._declared = frozenset(metric.label_values.get(self._label, ()))
         self._fallback = FALLBACK_VALUES.get(self._label) if self._declared else None
-        for value in metric.label_values.get(self._label, ()):
+        for value in metric.precreated(self._label):
             self[value] = wrap(family.labels(value))
+        # Pre-created values of an open label (the normal close code) do not use up its cap.
+        self._open_base = 0 if self._declared else len(self)
 
     def __missing__(self, key):
         value = str(key)
         if value in self._declared:
-            child = self[value]
+            # Declared but not pre-created: its series appears with its first use.
+            child = self[value] if value in self else self._wrap(self._family.labels(value))
         elif self._fallback is not None:
             child = self[self._fallback]
-        elif len(self) >= MAX_OPEN_LABEL_VALUES:
+        elif len(self) >= self._open_base + MAX_OPEN_LABEL_VALUES:
             return self[OVERFLOW_VALUE] if OVERFLOW_VALUE in self else self._overflow()
         else:
             child = self._wrap(self._family.labels(value))
-        if len(self) < len(self._declared) + MAX_OPEN_LABEL_VALUES:
+        if len(self) < len(self._declared) + self._open_base + MAX_OPEN_LABEL_VALUES:
             self[key] = child  # keyed as the caller passes it (an int close code stays an int)
         return child
 

@@ -126,7 +126,7 @@ def cmd_up(args: argparse.Namespace, out: TextIO, err: TextIO) -> int:
     bundle_dir = _bundle_dir(args.dir)
     print(f"obsgen: starting the local stack of {bundle_dir}", file=out)
     try:
-        report = up(bundle_dir, out=out, timeout=args.timeout)
+        report = up(bundle_dir, out=out, timeout=args.timeout, external=set(args.external))
     except UpError as exc:
         print(_prefixed(str(exc)), file=err)
         return EXIT_FAILED
@@ -237,12 +237,18 @@ def build_parser() -> argparse.ArgumentParser:
     up_parser = commands.add_parser(
         "up", help="run a --target local bundle on native binaries",
         description="Start the installed components of a local bundle on 127.0.0.1 (plus Redis and the "
-        "instrumented server), wait until each is ready and print where each listens. Components that "
-        "are not installed are listed as skipped. Ctrl-C (or `obsgen down DIR`) stops what it started.",
+        "instrumented server), wait until each is ready and print where each listens. Loki, Jaeger or Grafana "
+        "when not installed are listed as skipped and re-rendered out of the bundle (from its local/spec.yaml), "
+        "so nothing scrapes, exports to or alerts on them. Ctrl-C (or `obsgen down DIR`) stops what it started.",
     )
     up_parser.add_argument("dir", metavar="DIR", help="a bundle rendered with --target local")
     up_parser.add_argument("--detach", "-d", action="store_true", help="return once everything is ready")
     up_parser.add_argument("--timeout", type=float, default=60.0, help="seconds each process has to get ready")
+    up_parser.add_argument(
+        "--external", action="append", default=[], metavar="NAME",
+        help="a component you run yourself at the bundle's address (e.g. loki): not started, and kept in the "
+        "bundle even when its binary is not installed here (repeatable)",
+    )
     up_parser.set_defaults(func=cmd_up)
 
     down_parser = commands.add_parser("down", help="stop what `obsgen up DIR` started (and nothing else)")

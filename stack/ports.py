@@ -33,6 +33,9 @@ PORTS: dict[str, dict[str, tuple[int, int]]] = {
     "redis": {"redis": (6379, 6379)},
     # The alert sink (python -m instrumented_server.alert_sink): runs when a webhook receiver names it.
     "alert_sink": {"http": (5001, 5001)},
+    # The runbook server `obsgen up` starts for the local target (python -m http.server on the
+    # bundle's runbooks/). Compose has none: Grafana serves runbooks/ from its public folder.
+    "runbooks": {"http": (3001, 3001)},
 }
 
 # Components whose compose service (and host name) is not their spec key.

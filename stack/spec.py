@@ -426,6 +426,7 @@ class AlertmanagerSettings(Component):
 
 
 class LokiSettings(Component):
+    enabled: bool = Field(True, description="Run Loki (logs backend; without it the server ships no logs). Local target only: `obsgen up` turns it off for a bundle when the binary is not installed (docs/e2e.md); compose and kubernetes run the whole stack.")
     retention: Duration = Field("168h", description="How long logs are kept; at least 24h (Loki deletes whole daily index tables).")
 
     @field_validator("retention")
@@ -437,10 +438,12 @@ class LokiSettings(Component):
 
 
 class JaegerSettings(Component):
+    enabled: bool = Field(True, description="Run Jaeger (traces backend; without it the server samples no traces). Local target only: `obsgen up` turns it off for a bundle when the binary is not installed (docs/e2e.md); compose and kubernetes run the whole stack.")
     max_traces: int = Field(100000, ge=1000, description="Traces kept by the in-memory store.")
 
 
 class GrafanaSettings(Component):
+    enabled: bool = Field(True, description="Run Grafana. Local target only: `obsgen up` turns it off for a bundle when the binary is not installed (docs/e2e.md); compose and kubernetes run the whole stack.")
     admin_user: str = "admin"
     admin_password: Secret | None = Field(
         None,
@@ -462,6 +465,11 @@ class AlertSinkSettings(Component):
     )
 
 
+class RunbooksSettings(Component):
+    """Local target: `obsgen up` serves the bundle's runbooks/ on this port (unless alerts.runbook_base_url
+    points elsewhere); compose serves them from Grafana's public folder instead."""
+
+
 class Components(Model):
     collector: CollectorSettings = CollectorSettings()
     prometheus: PrometheusSettings = PrometheusSettings()
@@ -471,6 +479,7 @@ class Components(Model):
     grafana: GrafanaSettings = GrafanaSettings()
     redis: RedisSettings = RedisSettings()
     alert_sink: AlertSinkSettings = AlertSinkSettings()
+    runbooks: RunbooksSettings = RunbooksSettings()
 
 
 class Publish(Model):
@@ -584,8 +593,8 @@ class Alerts(Model):
     )
     runbook_base_url: str | None = Field(
         None,
-        description="Where runbooks are served; defaults to Grafana's public folder in the bundle "
-        "(runbooks/ under the rendered output).",
+        description="Where runbooks are served; defaults to the bundle's runbooks/ as Grafana's public folder "
+        "serves it (compose, kubernetes) or as `obsgen up` serves it on 127.0.0.1 (local).",
         pattern=r"^https?://\S+$",
     )
 
@@ -971,6 +980,15 @@ class Spec(Model):
         return self
 
     @model_validator(mode="after")
+    def _whole_stack_outside_local(self) -> "Spec":
+        left_out = [name for name in OPTIONAL_BACKENDS if not getattr(self.components, name).enabled]
+        if self.target != "local" and left_out:
+            raise KeyPathError([(("components", name, "enabled"),
+                                 f"only the local target can leave {name} out; {self.target} runs the whole stack")
+                                for name in left_out])
+        return self
+
+    @model_validator(mode="after")
     def _rate_window_covers_scrapes(self) -> "Spec":
         window = self.alerts.rate_window
         if window is None:
@@ -1061,9 +1079,21 @@ def _port(spec: Spec, component: str, name: str) -> int:
     return named_port(component, name, local=spec.target == "local", overrides=getattr(settings, "ports", None))
 
 
+# Components a local bundle can leave out (components.<name>.enabled: false): nothing scrapes,
+# exports to or starts them then. `obsgen up` leaves out those whose binary is not installed.
+OPTIONAL_BACKENDS = ("loki", "jaeger", "grafana")
+
+
+def component_runs(spec: Spec, component: str) -> bool:
+    """Whether the stack runs ``component`` (a key of stack.ports.PORTS) for this spec."""
+    return _component_runs(spec, component)
+
+
 def _component_runs(spec: Spec, component: str) -> bool:
     if component == "alert_sink":
         return uses_alert_sink(spec)
+    if component == "runbooks":
+        return serves_runbooks(spec)
     settings = getattr(spec.components, component, None)
     return getattr(settings, "enabled", True)
 
@@ -1079,6 +1109,11 @@ def alert_sink_receivers(spec: Spec) -> list[int]:
 
 def uses_alert_sink(spec: Spec) -> bool:
     return bool(alert_sink_receivers(spec))
+
+
+def serves_runbooks(spec: Spec) -> bool:
+    """The local target serves runbooks/ itself, unless the spec's runbook links point elsewhere."""
+    return spec.target == "local" and not spec.alerts.runbook_base_url
 
 
 def runs_in_compose(service: Service) -> bool:

@@ -4,6 +4,12 @@ The bundle's ``local/processes.yaml`` (rendered by ``stack.renderers.processes``
 start, in order, with which arguments and how to tell it is ready. This module is the I/O edge:
 it finds binaries, starts processes with the bundle root as working directory, waits for
 readiness, records their pids in ``.obsgen-up.json`` and stops exactly those processes again.
+
+A component it cannot start because its binary is not installed (Loki, Jaeger or Grafana: the
+spec's ``components.<name>.enabled`` switches) is left out of the stack, not merely not started:
+`up` re-renders the bundle from the spec it holds (``local/spec.yaml``) with those switched off,
+so Prometheus does not scrape them, the collector does not export to them and no alert fires for
+them. Each run starts again from that spec, so a component installed later comes back.
 """
 
 from __future__ import annotations
@@ -23,7 +29,14 @@ from pathlib import Path
 
 import yaml
 
+from stack.errors import SpecError
+from stack.load import load_spec
+from stack.render import render_bundle
+from stack.renderers.processes import SPEC_PATH, processes
+from stack.spec import OPTIONAL_BACKENDS
 from stack.tools import find_executable, not_found_message
+from stack.topology import Topology
+from stack.write import BundleWriteError, check_drift, write_bundle
 
 MANIFEST = "local/processes.yaml"
 STATE_FILE = ".obsgen-up.json"
@@ -47,6 +60,8 @@ class Started:
 class UpReport:
     started: list[Started] = field(default_factory=list)
     skipped: list[tuple[str, str]] = field(default_factory=list)  # (name, reason)
+    left_out: list[str] = field(default_factory=list)  # skipped and rendered out of the bundle
+    external: list[str] = field(default_factory=list)  # run by someone else where the bundle says
 
 
 def find_binary(candidates: list[str]) -> str | None:
@@ -94,6 +109,40 @@ def materialise_secrets(bundle: Path, secrets: list[dict], readers: set[str]) ->
             handle.write(value)
 
 
+def render_without_missing(bundle: Path, external: set[str] = frozenset()) -> list[tuple[str, str]]:
+    """Re-render ``bundle`` from its ``local/spec.yaml`` without the optional components whose binary
+    is not installed (and not declared ``external``); (name, reason) for each one left out.
+
+    The bundle is rewritten only when a component is left out now or was left out by an earlier
+    run (so a bundle nothing is missing from stays as rendered). A bundle without a stored spec
+    (rendered by an older obsgen) is run as it is.
+    """
+    spec_file = bundle / SPEC_PATH
+    if not spec_file.is_file():
+        return []
+    text = spec_file.read_text(encoding="utf-8")
+    try:
+        spec = load_spec(text, str(spec_file), base_dir=str(bundle))
+        optional = [entry for entry in processes(spec, Topology(spec))["processes"] if entry["name"] in OPTIONAL_BACKENDS]
+        missing = [(entry["name"], f"not installed: {not_found_message(entry['binary'])}") for entry in optional
+                   if entry["name"] not in external and find_binary(entry["binary"]) is None]
+        listed = {entry["name"] for entry in load_manifest(bundle)["processes"]}
+        left_out_before = any(entry["name"] not in listed for entry in optional)
+        if not missing and not left_out_before:
+            return []
+        data = yaml.safe_load(text)
+        for name, _ in missing:
+            data.setdefault("components", {}).setdefault(name, {})["enabled"] = False
+        files = dict(render_bundle(load_spec(yaml.safe_dump(data, sort_keys=False), str(spec_file),
+                                             base_dir=str(bundle))))
+        files[SPEC_PATH] = text.encode("utf-8")  # the spec as rendered: the next run starts from it again
+        if check_drift(files, bundle):
+            write_bundle(files, bundle)
+    except (SpecError, BundleWriteError) as exc:
+        raise UpError(f"cannot re-render {bundle} without what is not installed: {exc}") from None
+    return missing
+
+
 def is_ready(check: dict) -> bool:
     if "http" in check:
         try:
@@ -120,17 +169,33 @@ def wait_ready(name: str, proc: subprocess.Popen, check: dict, timeout: float, l
     raise UpError(f"{name} was not ready within {timeout:.0f}s ({check}); see {log}")
 
 
-def up(bundle: Path, only: set[str] | None = None, out=sys.stdout, timeout: float = 60.0) -> UpReport:
-    """Start every installed process of the bundle, in order; stop them all if one fails."""
+def up(bundle: Path, only: set[str] | None = None, out=sys.stdout, timeout: float = 60.0,
+       external: set[str] = frozenset()) -> UpReport:
+    """Start every installed process of the bundle, in order; stop them all if one fails.
+
+    Optional components that are not installed are rendered out of the bundle first
+    (``render_without_missing``); ``external`` names components someone else runs at the bundle's
+    addresses: neither started nor left out.
+    """
     bundle = bundle.resolve()
     if (bundle / STATE_FILE).exists():
         raise UpError(f"{bundle} already has a running stack ({STATE_FILE}); run `obsgen down {bundle}` first")
-    manifest = load_manifest(bundle)
+    load_manifest(bundle)  # a clear error for a directory that is no local bundle
     report = UpReport()
+    for name, reason in render_without_missing(bundle, external):
+        report.skipped.append((name, reason))
+        report.left_out.append(name)
+        print(f"  skipped  {name:<14} {reason}; left out of the stack (not started, scraped or exported to)", file=out)
+    manifest = load_manifest(bundle)
     runnable = []
     for entry in manifest["processes"]:
         name = entry["name"]
         if only is not None and name not in only:
+            continue
+        if name in external:
+            report.external.append(name)
+            print(f"  external {name:<14} not started: runs outside obsgen up at {' '.join(entry.get('listens', []))}",
+                  file=out)
             continue
         binary = find_binary(entry["binary"])
         if binary is None:

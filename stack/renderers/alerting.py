@@ -37,6 +37,8 @@ GRAFANA_PUBLIC_PATH = "/public/runbooks"
 def runbook_base_url(spec: Spec, topology: Topology) -> str:
     if spec.alerts.runbook_base_url:
         return spec.alerts.runbook_base_url.rstrip("/")
+    if topology.local:  # `obsgen up` serves runbooks/ itself (local/processes.yaml: runbooks)
+        return topology.url("runbooks", "http")
     return f"http://localhost:{topology.port('grafana', 'http')}{GRAFANA_PUBLIC_PATH}"
 
 

@@ -14,7 +14,7 @@ from importlib import resources
 
 import yaml
 
-from stack.spec import Spec
+from stack.spec import Spec, component_runs
 from stack.topology import Topology
 
 PATH = "collector/config.yaml"
@@ -69,12 +69,23 @@ EXPORTERS = {
     "otlp_http/loki": _loki_otlp,
     "prometheus": _prometheus,
 }
+# The stack component an exporter sends to: left out of the stack, its signal has no pipeline
+# (nothing retried into a queue that only grows; the server then sends none of that signal).
+EXPORTER_BACKENDS = {"otlp_grpc/jaeger": "jaeger", "otlp_http/loki": "loki"}
+
+
+def exported_signals(spec: Spec) -> tuple[str, ...]:
+    """The signals whose backend runs."""
+    wiring = pipelines()
+    return tuple(signal for signal in SIGNALS
+                 if component_runs(spec, EXPORTER_BACKENDS.get(wiring[signal]["exporter"], "collector")))
 
 
 def config(spec: Spec, topology: Topology) -> dict:
     settings = spec.components.collector
     wiring = pipelines()
-    exporters = {wiring[signal]["exporter"]: EXPORTERS[wiring[signal]["exporter"]](topology) for signal in SIGNALS}
+    signals = exported_signals(spec)
+    exporters = {wiring[signal]["exporter"]: EXPORTERS[wiring[signal]["exporter"]](topology) for signal in signals}
     extra = []
     if settings.debug:
         exporters["debug"] = {"verbosity": "basic"}
@@ -102,7 +113,7 @@ def config(spec: Spec, topology: Topology) -> dict:
                     "processors": ["memory_limiter", "batch"],
                     "exporters": [wiring[signal]["exporter"], *extra],
                 }
-                for signal in SIGNALS
+                for signal in signals
             },
             "telemetry": {
                 "metrics": {

@@ -16,7 +16,7 @@ which is how the server's exemplars arrive. OTLP metrics reach Prometheus throug
 from __future__ import annotations
 
 from stack.promtext import dump_yaml
-from stack.spec import Spec
+from stack.spec import Spec, component_runs
 from stack.topology import Topology
 from stack.renderers.wiring import stack_job_address, SERVICE_LABEL, STACK_JOBS
 
@@ -39,7 +39,9 @@ def service_jobs(spec: Spec, topology: Topology) -> list[dict]:
 
 def stack_jobs(topology: Topology) -> list[dict]:
     jobs = []
-    for name, (_component, _port, path, honor_labels) in STACK_JOBS.items():
+    for name, (component, _port, path, honor_labels) in STACK_JOBS.items():
+        if not component_runs(topology.spec, component):
+            continue  # left out of the stack: a target nobody serves would only read as down
         job: dict = {"job_name": name}
         if honor_labels:
             job["honor_labels"] = True

@@ -6,7 +6,8 @@ to diagnose it (queries, dashboards, logs) and how to mitigate it.
 
 Every alert's ``runbook_url`` is ``<base>/<AlertName>.md`` (``stack.renderers.alerting.runbook_url``). The default
 base is Grafana's public folder, where compose mounts the bundle's runbooks/
-(http://localhost:<grafana port>/public/runbooks); ``alerts.runbook_base_url`` points it at a
+(http://localhost:<grafana port>/public/runbooks), or in the local target the runbook server
+`obsgen up` starts (http://127.0.0.1:<runbooks port>); ``alerts.runbook_base_url`` points it at a
 wiki or a docs site instead. ``obsgen check`` maps any such URL back to ``runbooks/<file>`` in the
 bundle, so a link that would not resolve is caught before anyone is paged.
 """

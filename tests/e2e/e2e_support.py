@@ -87,8 +87,9 @@ def e2e_spec(*, webhook_port: int, thresholds: dict[str, dict], notifications: d
 
     Only spec keys change: the local target, every named port of every component and the
     service's port on free ports, short scrape/evaluation intervals, the given alert
-    thresholds and notification timings, webhooks (and runbook links) pointed at the test's
-    receiver. No code path of obsgen knows it runs under a test.
+    thresholds and notification timings, webhooks pointed at the test's receiver. Runbook links
+    stay obsgen's own: the runbook server `obsgen up` starts. No code path of obsgen knows it runs
+    under a test.
     """
     spec = yaml.safe_load(default_spec_text())
     spec["target"] = "local"
@@ -104,7 +105,6 @@ def e2e_spec(*, webhook_port: int, thresholds: dict[str, dict], notifications: d
     components.setdefault("collector", {})["batch_timeout"] = collector_batch_timeout
     spec["alerts"]["thresholds"] = thresholds
     spec["alerts"]["rate_window"] = rate_window
-    spec["alerts"]["runbook_base_url"] = f"http://127.0.0.1:{webhook_port}/runbooks"
     for receiver in spec["notifications"]["receivers"]:
         assert receiver["type"] == "webhook", receiver
         receiver["url"] = f"http://127.0.0.1:{webhook_port}/alerts/{receiver['name']}"
@@ -137,15 +137,10 @@ class Notification:
 
 
 class WebhookReceiver:
-    """Alertmanager's webhook integration point: records every POST to /alerts/<receiver>.
-
-    It also serves the bundle's runbooks/ at /runbooks/<file>, so the spec's runbook_base_url
-    can point here and every runbook_url in a notification is checked by fetching it.
-    """
+    """Alertmanager's webhook integration point: records every POST to /alerts/<receiver>."""
 
     def __init__(self) -> None:
         self.notifications: list[Notification] = []
-        self.runbooks_dir: Path | None = None
         self._lock = threading.Lock()
         receiver = self
 
@@ -166,20 +161,6 @@ class WebhookReceiver:
                 self.send_response(200)
                 self.send_header("Content-Length", "0")
                 self.end_headers()
-
-            def do_GET(self) -> None:  # noqa: N802
-                path = urllib.parse.unquote(self.path.split("?", 1)[0])
-                name = path[len("/runbooks/"):] if path.startswith("/runbooks/") else ""
-                directory = receiver.runbooks_dir
-                if not name or "/" in name or directory is None or not (directory / name).is_file():
-                    self.send_error(404)
-                    return
-                body = (directory / name).read_bytes()
-                self.send_response(200)
-                self.send_header("Content-Type", "text/markdown; charset=utf-8")
-                self.send_header("Content-Length", str(len(body)))
-                self.end_headers()
-                self.wfile.write(body)
 
             def log_message(self, *args) -> None:  # keep the test output quiet
                 pass
@@ -629,6 +610,7 @@ class PanelQuery:
     expr: str  # PromQL as written (empty for non-PromQL targets)
     ref: str
     target: dict  # the panel target as rendered (a Jaeger search's service and limit)
+    no_value: str | None = None  # what the panel shows instead of "No data" (Grafana noValue)
 
 
 def dashboard_queries(bundle: Path) -> tuple[list[PanelQuery], dict[str, dict]]:
@@ -653,10 +635,11 @@ def dashboard_queries(bundle: Path) -> tuple[list[PanelQuery], dict[str, dict]]:
                 walk(panel.get("panels", []))
                 if panel.get("type") == "row":
                     continue
+                no_value = panel.get("fieldConfig", {}).get("defaults", {}).get("noValue")
                 for target in panel.get("targets", []):
                     kind = ds_type(target.get("datasource") or panel.get("datasource"))
                     queries.append(PanelQuery(title, panel["title"], kind, target.get("expr", ""),
-                                              target.get("refId", ""), target))
+                                              target.get("refId", ""), target, no_value))
 
         walk(dashboard.get("panels", []))
     return queries, variables
@@ -699,6 +682,24 @@ def has_points(result: list[dict]) -> bool:
             if not math.isnan(value) and not math.isinf(value):
                 return True
     return False
+
+
+def non_finite_series(result: list[dict]) -> list[str]:
+    """Each series of a range query result with a NaN or infinite point: its labels and how many."""
+    found = []
+    for series in result:
+        bad = sum(1 for _, raw in series.get("values", []) if not math.isfinite(float(raw)))
+        if bad:
+            found.append(f"{series.get('metric', {})}: {bad} of {len(series['values'])} points not finite")
+    return found
+
+
+def series_summary(result: list[dict]) -> str:
+    """"N series, values a..b": what a panel draws, for the record docs/dashboards.md quotes."""
+    values = [float(raw) for series in result for _, raw in series.get("values", [])]
+    finite = [v for v in values if math.isfinite(v)]
+    span = f", values {min(finite):.3g}..{max(finite):.3g}" if finite else ""
+    return f"{len(result)} series{span}"
 
 
 # ---------------------------------------------------------------------------------- diagnostics

@@ -59,6 +59,8 @@ from tests.e2e.e2e_support import (
     grafana_to_promql,
     has_points,
     http_text,
+    non_finite_series,
+    series_summary,
     jaeger_version,
     loadgen_argv,
     parse_debug_logs,
@@ -114,8 +116,9 @@ NOT_PROVOKED = {
                    "would, but its p99 over the 5m window then needs 100x as many fast messages to resolve",
     "broker_lag": "needs a slow broker backplane, not client load",
     "telemetry_dropped": "needs the OTLP backend down or slow; here it is up and the test asserts nothing is dropped",
-    "component_down": "stack self-monitoring: the Loki and Grafana targets are down here, but its 5m `for` "
-                      "outlasts the module (the targets test checks exactly those are down)",
+    "component_down": "stack self-monitoring: needs a started component to stop answering scrapes (the stand-in on "
+                      "Loki's port serves no /metrics, but the 5m `for` outlasts the module; test_e2e_quiet_stack "
+                      "checks that a fresh stack fires nothing)",
     "collector_export_failures": "stack self-monitoring: needs a failing backend",
     "collector_refused": "stack self-monitoring: needs the memory limiter to push back",
     "collector_queue_full": "stack self-monitoring: needs a stalled exporter",
@@ -133,19 +136,18 @@ STANDIN_FOR = ("loki",)
 # Scrape jobs that are not named after the component that serves them.
 JOB_COMPONENT = {"collector_exporter": "collector"}
 
-# Dashboard panels not checked against Prometheus, each with the reason.
+# Dashboard panels not checked against Prometheus or Jaeger, each with the reason.
 UNCHECKED_PANELS = {
     ("WebSocket overview", "Log volume by level"): "Loki datasource: Loki cannot be built here (a stand-in collector "
                                                    "receives the logs instead)",
     ("WebSocket overview", "Logs"): "Loki datasource: Loki cannot be built here",
 }
-# Queries that return no series while nothing fails: the collector creates its send-failure
-# counters on the first failure. Their panels still show data through their other queries, and
-# test_collector_reports_nothing_refused_or_failed asserts that nothing failed.
-EMPTY_UNTIL_FAILURE = {
-    "sum by (exporter) (rate(otelcol_exporter_send_failed_spans[$__rate_interval]))",
-    "sum by (exporter) (rate(otelcol_exporter_send_failed_log_records[$__rate_interval]))",
-}
+# Panels empty on a healthy stack by design, each with the reason; such a panel must state what
+# it shows instead of "No data" (Grafana noValue). None of the built-in panels is: counters that
+# start at their first event are pre-created at 0 (close code 1000) or fall back to 0 per exporter
+# (`or <queue capacity> * 0`, the collector's send-failure counters), and docs/dashboards.md says
+# which and why. Listed here, a panel is checked for its noValue text instead.
+EMPTY_BY_DESIGN: dict[tuple[str, str], str] = {}
 
 
 # ------------------------------------------------------------------------------------------ the stack
@@ -260,7 +262,6 @@ def stack(tmp_path_factory):
         spec = e2e_spec(webhook_port=webhook.port, thresholds=THRESHOLDS, notifications=NOTIFICATIONS,
                         intervals=INTERVAL, collector_batch_timeout="1s", rate_window=RATE_WINDOW)
         bundle = render_bundle(spec, workdir)
-        webhook.runbooks_dir = bundle / "runbooks"
         (bundle / "logs").mkdir(exist_ok=True)
         manifest = {entry["name"]: entry for entry in load_manifest(bundle)["processes"]}
         # A stand-in only where `obsgen up` will skip the backend: a real one would need its port.
@@ -271,13 +272,17 @@ def stack(tmp_path_factory):
 
         started_at = time.monotonic()
         # --timeout bounds each readiness wait; generous for a cold start on a loaded machine.
-        result = obsgen("up", "--detach", "--timeout", "90", str(bundle), timeout=600)
+        # Loki's stand-in is declared external: `obsgen up` then keeps Loki in the bundle (the
+        # collector exports logs to its port) instead of leaving it out as not installed.
+        external = [arg for name in standin_for for arg in ("--external", name)]
+        result = obsgen("up", "--detach", "--timeout", "90", *external, str(bundle), timeout=600)
         up_seconds = time.monotonic() - started_at
         if result.returncode != 0:
             raise AssertionError(f"obsgen up failed ({result.returncode}):\n{result.stdout}\n{result.stderr}\n"
                                  + "\n".join(f"--- {p.name}\n{tail(p)}" for p in (bundle / "logs").glob("*.log")))
         state = json.loads((bundle / STATE_FILE).read_text(encoding="utf-8"))
         skipped = dict(re.findall(r"^\s*skipped\s+(\S+)\s+(.*)$", result.stdout, re.M))
+        skipped.update(re.findall(r"^\s*(?:external)\s+(\S+)\s+(.*)$", result.stdout, re.M))
         prometheus = Prometheus(spec["components"]["prometheus"]["ports"]["http"])
         yield Stack(
             workdir=workdir, bundle=bundle, spec=spec, webhook=webhook, prometheus=prometheus,
@@ -534,11 +539,16 @@ def timeline(stack: Stack, record: Record) -> str:
 
 
 def test_stack_starts_and_every_started_component_is_scraped(stack: Stack, scenario: Record):
-    """Every Prometheus target of a started component is up; those of skipped ones are down."""
+    """Every Prometheus target of a started component is up; a component `obsgen up` left out of the
+    bundle (not installed) has no target at all; the only target down is the stand-in's, declared
+    external, which serves Loki's OTLP port but no /metrics."""
     assert {"collector", "jaeger", "alertmanager", "prometheus", "redis", stack.service["name"]} \
         <= set(stack.started), stack.diagnostics()
     manifest = {entry["name"]: entry for entry in load_manifest(stack.bundle)["processes"]}
-    assert set(stack.started) | set(stack.skipped) == set(manifest), "a component neither started nor skipped"
+    left_out = {name for name, reason in stack.skipped.items() if "left out of the stack" in reason}
+    assert set(stack.started) | (set(stack.skipped) - left_out) == set(manifest), \
+        "a component neither started nor skipped"
+    assert not left_out & set(manifest), f"left out of the stack yet in the processes: {left_out & set(manifest)}"
     for name in stack.started:  # `obsgen up` says where each listens
         line = next((line for line in stack.up_output.splitlines() if re.match(rf"\s*ready\s+{name}\s", line)), "")
         assert all(address in line for address in manifest[name]["listens"]), (name, stack.up_output)
@@ -555,9 +565,9 @@ def test_stack_starts_and_every_started_component_is_scraped(stack: Stack, scena
     not_up = {job: [(t["scrapeUrl"], t["lastError"]) for t in ts if t["health"] != "up"]
               for job, ts in by_job.items() if components[job] in stack.started}
     assert not any(not_up.values()), f"targets of started components not up: {not_up}\n{stack.diagnostics()}"
+    assert not {c for c in components.values() if c in left_out}, f"left-out components scraped: {sorted(by_job)}"
     down_jobs = {job for job, ts in by_job.items() if all(t["health"] == "down" for t in ts)}
-    skipped_jobs = {job for job, c in components.items() if c in stack.skipped}
-    assert down_jobs == skipped_jobs, (
+    assert down_jobs == set(stack.standin_for), (
         f"targets down: {sorted(down_jobs)}; components not started: {stack.skipped}")
     assert scenario.targets_all_up_after is not None
 
@@ -647,12 +657,16 @@ def _timestamp(rfc3339: str) -> float:
     return datetime.fromisoformat(rfc3339.replace("Z", "+00:00")).timestamp()
 
 
-def test_every_dashboard_query_returns_data(stack: Stack, scenario: Record):
-    """Each PromQL target of each rendered panel returns data from the real Prometheus over the
-    scenario's time range, with Grafana's variables substituted as Grafana would; each Jaeger
-    target returns traces from the real Jaeger, searched as Grafana's Jaeger datasource does."""
+def test_every_dashboard_panel_draws_finite_numbers(stack: Stack, scenario: Record):
+    """Each PromQL target of each rendered panel, run on the real Prometheus over the scenario's
+    time range with Grafana's variables substituted as Grafana would, returns series, and every
+    point of every series is a finite number (no NaN line for an idle message type or a broker that
+    does not run); a panel empty by design says so (noValue). Each Jaeger target returns traces
+    from the real Jaeger, searched as Grafana's Jaeger datasource does."""
     queries, variables = dashboard_queries(stack.bundle)
     assert queries, "no dashboards rendered"
+    titles = {q.dashboard for q in queries}
+    assert {"WebSocket overview", "Observability stack health"} <= titles, titles
     unchecked = {(q.dashboard, q.panel) for q in queries if q.datasource_type not in ("prometheus", "jaeger")}
     assert unchecked == set(UNCHECKED_PANELS), "update UNCHECKED_PANELS: it must list exactly the panels "\
         f"whose datasource does not run here: {sorted(unchecked)}"
@@ -660,8 +674,9 @@ def test_every_dashboard_query_returns_data(stack: Stack, scenario: Record):
     scrape = int(parse_duration(INTERVAL))               # the datasource's timeInterval
     interval = max(scrape, int((end - start) / 1000))    # Grafana's $__interval for ~1000 points
     rate_interval = max(interval + scrape, 4 * scrape)   # Grafana's $__rate_interval
-    empty, panels_with_data = [], set()
+    empty, not_finite, panels_with_data, drawn = [], [], set(), []
     for q in queries:
+        where = f"{q.dashboard} / {q.panel} [{q.ref}]"
         if q.datasource_type == "jaeger":
             service = grafana_to_promql(q.target["service"], variables[q.dashboard], interval, rate_interval,
                                         int(end - start))
@@ -669,21 +684,45 @@ def test_every_dashboard_query_returns_data(stack: Stack, scenario: Record):
             if traces and all(any(s.service == service for s in trace_spans(t)) for t in traces):
                 panels_with_data.add((q.dashboard, q.panel))
             else:
-                empty.append(f"{q.dashboard} / {q.panel} [{q.ref}]: Jaeger search service={service}: "
-                             f"{len(traces)} traces")
+                empty.append(f"{where}: Jaeger search service={service}: {len(traces)} traces")
             continue
         if q.datasource_type != "prometheus":
             continue
         expr = grafana_to_promql(q.expr, variables[q.dashboard], interval, rate_interval, int(end - start))
-        if has_points(stack.prometheus.query_range(expr, start, end, interval)):
+        result = stack.prometheus.query_range(expr, start, end, interval)
+        drawn.append(f"{where}: {series_summary(result)}")
+        not_finite += [f"{where}: {problem}" for problem in non_finite_series(result)]
+        if has_points(result):
             panels_with_data.add((q.dashboard, q.panel))
-        elif q.expr not in EMPTY_UNTIL_FAILURE:
-            empty.append(f"{q.dashboard} / {q.panel} [{q.ref}]: {expr}")
+        elif (q.dashboard, q.panel) not in EMPTY_BY_DESIGN:
+            empty.append(f"{where}: {expr}")
+    (stack.bundle / "logs" / "e2e-panels.txt").write_text("\n".join(drawn) + "\n", encoding="utf-8")
+    print("\n" + "\n".join(drawn))
+    assert not not_finite, "series Grafana would draw as NaN or infinite:\n  " + "\n  ".join(not_finite)
     checked = {(q.dashboard, q.panel) for q in queries if q.datasource_type in ("prometheus", "jaeger")}
-    no_data = checked - panels_with_data
+    no_data = checked - panels_with_data - set(EMPTY_BY_DESIGN)
     assert not no_data, f"panels that would show 'No data': {sorted(no_data)}"
     assert not empty, "queries that return nothing:\n  " + "\n  ".join(empty)
+    silent = [panel for panel in EMPTY_BY_DESIGN
+              if not any(q.no_value for q in queries if (q.dashboard, q.panel) == panel)]
+    assert not silent, f"panels empty by design that show 'No data' instead of a stated none: {silent}"
     assert any(q.datasource_type == "jaeger" for q in queries), "no Jaeger panel: the trace search went unchecked"
+
+
+def test_every_runbook_url_of_the_running_stack_answers(stack: Stack, scenario: Record):
+    """Every alerting rule Prometheus loaded links a runbook that the runbook server `obsgen up`
+    started serves: 200 and the page of that alert."""
+    alerts = [rule for rule in stack.prometheus.rules() if rule.get("type") == "alerting"]
+    assert alerts, "Prometheus loaded no alerting rule"
+    base = f"http://127.0.0.1:{stack.port('runbooks', 'http')}/"
+    problems = []
+    for rule in alerts:
+        url = rule.get("annotations", {}).get("runbook_url", "")
+        status, text = http_text(url) if url.startswith(base) else (None, "")
+        if status != 200 or rule["name"] not in text:
+            problems.append(f"{rule['name']}: {url or '(no runbook_url)'} -> {status}")
+    assert not problems, f"runbook links that do not open ({len(problems)} of {len(alerts)}):\n  " + \
+        "\n  ".join(problems)
 
 
 def test_prometheus_3_runs_the_rendered_command_line_and_retention(stack: Stack, scenario: Record):

@@ -68,10 +68,32 @@ def test_every_catalog_metric_is_registered_as_declared(telemetry):
     assert {m.base_name for m in catalog.CATALOG} == set(parsed)
 
 
-def test_declared_label_values_exist_at_zero_from_the_start(telemetry):
+def test_precreated_label_values_exist_at_zero_from_the_start(telemetry):
     parsed = families(telemetry.exposition()[0].decode())
     sent = {s.labels["type"]: s.value for s in parsed["websocket_messages_sent"].samples}
-    assert sent == {t: 0.0 for t in catalog.MESSAGE_TYPES}
+    assert sent == {t: 0.0 for t in catalog.SERVER_MESSAGE_TYPES}
+    received = {s.labels["type"]: s.value for s in parsed["websocket_messages_received"].samples}
+    assert received == {t: 0.0 for t in catalog.CLIENT_MESSAGE_TYPES}
+    durations = {s.labels["type"] for s in parsed["websocket_message_duration_seconds"].samples}
+    assert durations == set(catalog.CLIENT_MESSAGE_TYPES)
+    closes = {s.labels["code"]: s.value for s in parsed["websocket_disconnections"].samples}
+    assert closes == {catalog.NORMAL_CLOSE_CODE: 0.0}
+    # Broker lag: only the broker that runs has a series, from its first delivery on.
+    assert not parsed["websocket_broker_lag_seconds"].samples
+
+
+def test_declared_values_not_precreated_appear_on_first_use_and_share_the_series(telemetry):
+    telemetry.broker_lag("redis", 0.002)
+    telemetry.connection_opened("chat")
+    telemetry.connection_closed("chat", 1000)  # an int code: the pre-created "1000" series
+    telemetry.messages_sent("reconnect", 1, 10)  # declared, not pre-created
+    parsed = families(telemetry.exposition()[0].decode())
+    brokers = {s.labels["broker"] for s in parsed["websocket_broker_lag_seconds"].samples}
+    assert brokers == {"redis"}
+    closes = {s.labels["code"]: s.value for s in parsed["websocket_disconnections"].samples}
+    assert closes == {"1000": 1.0}
+    sent = {s.labels["type"]: s.value for s in parsed["websocket_messages_sent"].samples}
+    assert sent["reconnect"] == 1.0 and "reconnect" not in catalog.SERVER_MESSAGE_TYPES
 
 
 def test_exposition_bytes_after_a_fanout(telemetry):
@@ -150,7 +172,8 @@ def test_unknown_label_values_stay_bounded(telemetry):
     statuses = {s.labels["status"]: s.value for s in parsed["websocket_connections"].samples}
     assert statuses["error"] == 1
     codes = {s.labels["code"]: s.value for s in parsed["websocket_disconnections"].samples}
-    assert len(codes) == MAX_OPEN_LABEL_VALUES + 1
+    # The cap's worth of codes, the pre-created normal close (unused here) and the overflow.
+    assert len(codes) == MAX_OPEN_LABEL_VALUES + 2 and codes[catalog.NORMAL_CLOSE_CODE] == 0
     assert codes["other"] == 50
     assert sum(codes.values()) == MAX_OPEN_LABEL_VALUES + 50
 

@@ -620,3 +620,25 @@ def test_the_default_spec_runs_the_sink_its_receivers_name():
 
     services = rendered(load_default_spec())["services"]
     assert "alert-sink" in services
+
+
+def test_runbook_links_point_where_grafana_serves_the_mounted_runbooks():
+    """Compose: every rule's runbook_url is <grafana>/public/<path>, and Grafana serves /public/ from
+    its static root /usr/share/grafana/public (pkg/api/http_server.go, mapStatic of StaticRootPath),
+    where the bundle's runbooks/ is mounted: so each link names a file the mount provides."""
+    from stack.render import render_bundle
+
+    spec = make_spec()
+    bundle = render_bundle(spec)
+    grafana = yaml.safe_load(bundle["docker-compose.yml"])["services"]["grafana"]
+    mounts = {volume.split(":")[1]: volume.split(":")[0] for volume in grafana["volumes"]}
+    static_root = "/usr/share/grafana/public"
+    urls = [rule["annotations"]["runbook_url"] for path, text in bundle.items() if path.startswith("prometheus/rules/")
+            for group in yaml.safe_load(text)["groups"] for rule in group["rules"] if "alert" in rule]
+    assert urls
+    for url in urls:
+        assert url.startswith(f"http://localhost:{Topology(spec).port('grafana', 'http')}/public/"), url
+        container_path = static_root + url.split("/public", 1)[1]
+        directory, _, name = container_path.rpartition("/")
+        assert mounts.get(directory) == "./runbooks", (url, mounts)
+        assert f"runbooks/{name}" in bundle, url
