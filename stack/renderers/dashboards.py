@@ -109,6 +109,9 @@ class PanelDef(_Definition):
     max: float | None = None
     decimals: int | None = Field(None, ge=0, le=10)
     alert_filter: str = Field("", description="alertlist panels: label matchers the alerts must carry.")
+    no_value: str | None = Field(
+        None, description="Metric panels: what Grafana shows instead of \"No data\" when the queries return nothing."
+    )
 
     @model_validator(mode="after")
     def _thresholds_rise(self) -> "PanelDef":
@@ -122,6 +125,8 @@ class PanelDef(_Definition):
             raise ValueError("threshold_style applies to timeseries panels")
         if self.alert_filter and self.type != "alertlist":
             raise ValueError("alert_filter applies to alertlist panels")
+        if self.no_value is not None and self.type not in METRIC_PANELS:
+            raise ValueError("no_value applies to metric panels")
         return self
 
     @model_validator(mode="after")
@@ -639,7 +644,8 @@ def _panel_body(panel: PanelDef, definition: DashboardDef, where: str) -> dict:
             options |= {"colorMode": "value", "graphMode": "area", "justifyMode": "auto", "textMode": "auto"}
     if panel.mappings:
         defaults["mappings"] = [_mapping(m, index) for index, m in enumerate(panel.mappings)]
-    for key, value in (("min", panel.min), ("max", panel.max), ("decimals", panel.decimals)):
+    for key, value in (("min", panel.min), ("max", panel.max), ("decimals", panel.decimals),
+                       ("noValue", panel.no_value)):
         if value is not None:
             defaults[key] = value
     return {
