@@ -324,14 +324,19 @@ def record(stack: Stack) -> Record:
     received = asyncio.run(_say_across_processes(stack))
     runs = [_loadgen(port, stack.logs / f"loadgen-{i}.log") for i, port in enumerate(stack.chat_ports)]
     reports = []
-    for i, proc in enumerate(runs):
-        try:
-            out, _ = proc.communicate(timeout=180)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            out, _ = proc.communicate()
-        assert proc.returncode == 0, f"loadgen {i} exited {proc.returncode}: {out}\n{tail(stack.logs / f'loadgen-{i}.log')}"
-        reports.append(json.loads(out))
+    try:
+        for i, proc in enumerate(runs):
+            try:
+                out, _ = proc.communicate(timeout=180)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                out, _ = proc.communicate()
+            assert proc.returncode == 0, \
+                f"loadgen {i} exited {proc.returncode}: {out}\n{tail(stack.logs / f'loadgen-{i}.log')}"
+            reports.append(json.loads(out))
+    finally:
+        for proc in runs:  # by their own pids, should one have failed before the others ended
+            stop_process(proc)
     # Prometheus has scraped the last of it once both processes' say counts are in.
     said = sum(r["said"] for r in reports)
 
