@@ -549,7 +549,7 @@ async def test_the_alert_pack_slos_and_dashboards_select_the_socketio_series(cha
     await eventually(lambda: value(chat.samples(), "websocket_disconnections_total", code="1006") == 2, what="drop")
     series = [(s.name, s.labels) for f in text_string_to_metric_families(await chat.scrape()) for s in f.samples]
 
-    names = {m.name for m in catalog.CATALOG}
+    names = {m.name for m in (*catalog.CATALOG, *catalog.SOCKETIO_CATALOG)}  # the disconnect reasons panel too
     bundle = render_bundle(load_spec_file(REPO / "tests/stack/specs/socketio-chat.yaml"))
     checked = 0
     for expr in _queries(bundle):
