@@ -11,6 +11,7 @@ refuses two renderers writing the same path.
 Bundle layout (agreed by all renderers and by ``obsgen check`` / ``obsgen up``):
     collector/config.yaml
     prometheus/prometheus.yml, prometheus/rules/*.yml, prometheus/tests/*.yml
+    blackbox/blackbox.yml
     alertmanager/alertmanager.yml, alertmanager/templates/*.tmpl, alertmanager/route-tests.yaml
     loki/config.yaml
     jaeger/config.yaml
@@ -26,6 +27,7 @@ RENDERERS: tuple[str, ...] = (
     "loki",
     "jaeger",
     "prometheus",
+    "blackbox",
     "rules",
     "alertmanager",
     "runbooks",
