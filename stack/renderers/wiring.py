@@ -82,6 +82,7 @@ class Probe:
     module: str  # blackbox module name
     target: str  # what blackbox dials: host:port (tcp) or a URL (http)
     instance: str  # host:port of the WebSocket endpoint: the scrape target's instance for built-in servers
+    tls: bool = False  # over TLS (wss:// and https://): the probe also records the certificate's expiry
 
 
 def upgrade_module(path: str, tls: bool) -> str:
@@ -115,9 +116,11 @@ def probes(spec: Spec, topology: Topology) -> list[Probe]:
         scheme = "https" if settings.tls else "http"
         for port in ports:
             address = f"{host}:{port}"
-            found.append(Probe(service.name, "upgrade", upgrade_module(settings.path, settings.tls), address, address))
+            found.append(Probe(service.name, "upgrade", upgrade_module(settings.path, settings.tls), address, address,
+                               settings.tls))
             if ready_path:
-                found.append(Probe(service.name, "ready", READY_MODULE, f"{scheme}://{address}{ready_path}", address))
+                found.append(Probe(service.name, "ready", READY_MODULE, f"{scheme}://{address}{ready_path}", address,
+                                   settings.tls))
     return found
 
 
