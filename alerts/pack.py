@@ -235,6 +235,10 @@ def check_overrides(overrides: Mapping[str, Any]) -> list[str]:
         if getattr(override, "critical", None) is not None and not alert.paired:
             problems.append(f"{key}: {alert.alert} has a single level; `critical` applies only to "
                             f"{', '.join(a.key for a in pack.alerts if a.paired)}")
+        if alert.kind == "changes" and getattr(override, "for_", None) is not None and \
+                duration_seconds(override.for_) + 180 >= duration_seconds(alert.range):
+            problems.append(f"{key}.for: {override.for_} is too long: {alert.alert} looks back {alert.range}, "
+                            "so `for` must be shorter than that by more than 3m")
         if not alert.tunable:
             continue
         merged = knobs(alert, override)
