@@ -22,7 +22,7 @@ their input series, so a test can only pass if the rule does what its words say.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable
 
 from alerts.pack import Knobs, MetricRef, Pack, PackAlert, knobs, load_pack
@@ -235,8 +235,7 @@ def pack_expr(alert: PackAlert, threshold: float | None, rate_window: str) -> st
 
 
 def _with_threshold(alert: PackAlert, threshold: float | None) -> PackAlert:
-    from dataclasses import replace
-
+    """The alert with a spec's threshold, where the threshold is part of the expression (predict_linear)."""
     return alert if threshold is None else replace(alert, threshold=threshold)
 
 

@@ -53,9 +53,11 @@ OPTIONAL_STACK_JOBS: dict[str, str] = {"node_exporter": "node_exporter", "blackb
 
 
 def stack_job_names(spec: Spec) -> list[str]:
-    """The stack jobs this spec's Prometheus scrapes: every one, less the components turned off."""
-    return [job for job, component in ((j, OPTIONAL_STACK_JOBS.get(j)) for j in STACK_JOBS)
-            if component is None or getattr(spec.components, component).enabled]
+    """The stack jobs this spec's Prometheus scrapes: every one, less the components that do not run
+    (turned off, or blackbox_exporter with nothing to probe)."""
+    running = {"node_exporter": spec.components.node_exporter.enabled,
+               "blackbox": bool(probes(spec, Topology(spec)))}
+    return [job for job in STACK_JOBS if job not in OPTIONAL_STACK_JOBS or running[OPTIONAL_STACK_JOBS[job]]]
 
 
 def stack_job_address(topology: Topology, job: str) -> str:

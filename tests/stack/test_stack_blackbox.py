@@ -109,6 +109,15 @@ def test_switches_leave_the_exporters_their_jobs_alerts_and_rows_out():
     assert b"probe_ssl_earliest_cert_expiry" not in dashboard_on  # no wss:// endpoint
 
 
+def test_nothing_to_probe_runs_no_blackbox_and_scrapes_none():
+    spec = make_spec(services=[{"name": "api", "host": "10.0.0.5"}])  # no WebSocket port given
+    assert probes(spec, Topology(spec)) == []
+    assert "blackbox" not in compose.compose(spec, Topology(spec))["services"]
+    assert not {"blackbox_exporter", PROBE_JOB} & set(jobs(spec))
+    assert "node_exporter" in jobs(spec)
+    assert blackbox.render(spec, Topology(spec)) == {}
+
+
 def test_compose_node_exporter_reads_the_host_read_only():
     spec = make_spec()
     service = compose.compose(spec, Topology(spec))["services"]["node-exporter"]
