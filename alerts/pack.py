@@ -25,7 +25,9 @@ from exporter.catalog import Metric
 from stack.durations import parse_duration
 from stack.promtext import template_problems
 
-KINDS = ("up", "missing_metrics", "ratio", "quantile", "gauge", "rate")
+KINDS = ("up", "missing_metrics", "ratio", "quantile", "gauge", "rate", "busy", "predict_linear", "changes", "probe")
+# Components a group of alerts needs (pack.yaml `requires`): without them, the group is left out.
+REQUIRES = ("node_exporter", "blackbox")
 UNITS = ("ratio", "seconds", "count", "per_second")
 SEVERITIES = ("critical", "warning", "info")
 ALERT_NAME = re.compile(r"^[A-Z][A-Za-z0-9]{0,127}$")
@@ -104,6 +106,8 @@ class PackAlert:
     by: tuple[str, ...] = ()
     example: Mapping[str, str] = field(default_factory=dict)
     idle: float = 0.0
+    below: bool = False  # fires below the threshold (memory available) instead of above
+    range: str | None = None  # the alert's own range (predict_linear, changes) instead of the rate window
 
     @property
     def tunable(self) -> bool:
@@ -118,6 +122,8 @@ class PackAlert:
     def condition_text(self) -> str:
         if self.kind == "missing_metrics":
             return "a service is up but exposes no catalog metric"
+        if self.kind == "probe":
+            return "a probe fails while the scrape of its instance is not down"
         return f"value {self.condition}"
 
 
@@ -126,6 +132,7 @@ class PackGroup:
     name: str
     title: str
     in_pack: bool
+    requires: str | None = None  # a component (REQUIRES) the group's metrics come from
 
 
 @dataclass(frozen=True)
@@ -228,6 +235,10 @@ def check_overrides(overrides: Mapping[str, Any]) -> list[str]:
         if getattr(override, "critical", None) is not None and not alert.paired:
             problems.append(f"{key}: {alert.alert} has a single level; `critical` applies only to "
                             f"{', '.join(a.key for a in pack.alerts if a.paired)}")
+        if alert.kind == "changes" and getattr(override, "for_", None) is not None and \
+                duration_seconds(override.for_) + 180 >= duration_seconds(alert.range):
+            problems.append(f"{key}.for: {override.for_} is too long: {alert.alert} looks back {alert.range}, "
+                            "so `for` must be shorter than that by more than 3m")
         if not alert.tunable:
             continue
         merged = knobs(alert, override)
@@ -331,11 +342,15 @@ _REQUIRED = {
     "quantile": ("metric", "quantile", "by", "unit", "threshold"),
     "gauge": ("by",),
     "rate": ("by",),
+    "busy": ("by", "unit", "threshold"),
+    "predict_linear": ("unit", "threshold", "range"),
+    "changes": ("condition", "range"),
+    "probe": ("condition",),
 }
 _FIELDS = {
     "key", "alert", "kind", "severity", "for", "summary", "description", "test_target", "unit",
     "threshold", "critical", "condition", "match", "metric", "name", "name_regex", "example_name",
-    "numerator", "denominator", "function", "quantile", "aggregate", "by", "example", "idle",
+    "numerator", "denominator", "function", "quantile", "aggregate", "by", "example", "idle", "below", "range",
 }
 
 
@@ -381,12 +396,18 @@ def _alert(group: str, in_pack: bool, raw: Any, index: int) -> PackAlert:
     if "[[threshold]]" in description and raw.get("threshold") is None:
         raise PackError(f"{where}: [[threshold]] in a description of an alert without threshold")
 
+    if raw.get("below") and (raw.get("critical") is not None or raw.get("threshold") is None):
+        raise PackError(f"{where}: an alert that fires below its threshold has one level (no critical)")
+    if raw.get("range") is not None:
+        _duration(f"{where}.range", raw["range"])
+    if kind == "changes" and duration_seconds(raw["for"]) + 180 >= duration_seconds(raw["range"]):
+        raise PackError(f"{where}: for must be shorter than range by more than 3m (the unit tests look inside it)")
     metric = None
-    if kind in ("quantile", "gauge", "rate"):
+    if kind in ("quantile", "gauge", "rate", "busy", "predict_linear", "changes"):
         metric = _metric_ref(where, {k: raw[k] for k in ("metric", "name", "name_regex", "example_name", "match") if k in raw})
         if kind == "quantile" and metric.type != "histogram":
             raise PackError(f"{where}: a quantile alert needs a catalog histogram")
-        if kind == "rate" and metric.type not in (None, "counter"):
+        if kind in ("rate", "busy") and metric.type not in (None, "counter"):
             raise PackError(f"{where}: a rate alert needs a counter")
         if kind == "gauge" and metric.type not in (None, "gauge"):
             raise PackError(f"{where}: a gauge alert needs a gauge")
@@ -434,6 +455,8 @@ def _alert(group: str, in_pack: bool, raw: Any, index: int) -> PackAlert:
         by=tuple(raw.get("by") or ()),
         example=dict(raw.get("example") or {}),
         idle=float(raw.get("idle", 0)),
+        below=bool(raw.get("below", False)),
+        range=raw.get("range"),
     )
 
 
@@ -448,7 +471,10 @@ def load_pack() -> Pack:
         if not isinstance(group, dict) or not isinstance(group.get("alerts"), list):
             raise PackError(f"alerts/pack.yaml groups.{group_name}: expected title, in_pack and alerts")
         in_pack = bool(group.get("in_pack", False))
-        groups.append(PackGroup(group_name, str(group.get("title", group_name)), in_pack))
+        requires = group.get("requires")
+        if requires is not None and requires not in REQUIRES:
+            raise PackError(f"alerts/pack.yaml groups.{group_name}.requires: one of {', '.join(REQUIRES)}")
+        groups.append(PackGroup(group_name, str(group.get("title", group_name)), in_pack, requires))
         alerts.extend(_alert(group_name, in_pack, item, i) for i, item in enumerate(group["alerts"]))
     for attribute in ("key", "alert"):
         seen: set[str] = set()

@@ -18,7 +18,7 @@ import types
 import weakref
 from typing import Any, ContextManager, Mapping, MutableMapping
 
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, ProcessCollector
 
 from exporter import catalog
 from exporter.config import Settings, resolve_settings
@@ -334,6 +334,12 @@ def instrument(
         return NoopTelemetry(logger)
 
     metrics = Metrics(registry=registry)
+    if registry is None:
+        # A fresh registry lacks what prometheus_client's default one has: the process's CPU,
+        # memory and file descriptors (process_open_fds / process_max_fds), which the process
+        # row of the WebSocket dashboard and ProcessNearFileDescriptorLimit read. A registry the
+        # caller passes keeps its own collectors (the default one has these already).
+        ProcessCollector(registry=metrics.registry)
     dropped = metrics.children(catalog.TELEMETRY_DROPPED_TOTAL.name)
     schedule_delay = interval * 1000 if interval is not None else None
 

@@ -10,6 +10,7 @@
 #                     kubernetes bundle; go install controller-gen, which generates the Operator's
 #                     CRDs into $OBSGEN_TOOLS/share/ from its API module
 #   go install        centrifugo, the peer server bench/ compares with (no part of a rendered stack)
+#   go install        node_exporter; go get -tool: blackbox_exporter (the exporters the local target runs)
 # Versions come from stack/data/versions.yaml (`native:`), stamped into the binaries with -ldflags -X.
 #
 # Everything lives outside the checkout, so every clone, CI run and second checkout reuses it:
@@ -97,7 +98,7 @@ if problems:
 PY
 )
 for tool in otelcol prometheus promtool jaeger amtool alertmanager pint docker-compose k8s-check centrifugo \
-            kube-apiserver etcd controller-gen; do
+            kube-apiserver etcd controller-gen node_exporter blackbox_exporter; do
   [[ -n ${VERSION[$tool]:-} ]] || die "$VERSIONS has no native.$tool"
 done
 COLLECTOR_VERSION=${VERSION[otelcol]}
@@ -197,6 +198,7 @@ declare -A VERSION_ARGS=(
   [alertmanager]=--version [jaeger]=version [pint]=version [docker-compose]="version --short"
   [k8s-check]=--version [kube-apiserver]=--version [etcd]=--version [controller-gen]=--version
   [centrifugo]=version
+  [node_exporter]=--version [blackbox_exporter]=--version
 )
 binary_ok() {  # NAME: $BIN/NAME reports VERSION[NAME]
   # shellcheck disable=SC2086  # VERSION_ARGS holds words
@@ -487,6 +489,25 @@ CF_LDFLAGS="-s -w -X $CF_MOD/internal/build.Version=${VERSION[centrifugo]}"
 centrifugo_build() { go_install_recipe "$CF_LDFLAGS" centrifugo=centrifugo -- "$CF_MOD@${MODULE_VERSION[centrifugo]}"; }
 SOURCE="go install $CF_MOD@${MODULE_VERSION[centrifugo]}"
 cached_step centrifugo "$SOURCE | $CF_LDFLAGS | $GO_VERSION" centrifugo_build centrifugo
+
+# ---------------------------------------------------------------------------------------------
+# 7. The exporters the local target runs as processes, at the compose images' versions:
+#    node_exporter by go install; blackbox_exporter in a throwaway module, because the proxy
+#    refuses its version list (403), which `go install` reads for deprecation notices.
+# ---------------------------------------------------------------------------------------------
+NE_MOD=github.com/prometheus/node_exporter
+NE_LDFLAGS=$(prom_ldflags "${VERSION[node_exporter]}" "${MODULE_VERSION[node_exporter]}")
+node_exporter_build() { go_install_recipe "$NE_LDFLAGS" node_exporter=node_exporter -- "$NE_MOD@${MODULE_VERSION[node_exporter]}"; }
+SOURCE="go install $NE_MOD@${MODULE_VERSION[node_exporter]}"
+cached_step node_exporter "$SOURCE | $NE_LDFLAGS | $GO_VERSION" node_exporter_build node_exporter
+
+BB_TARGET=github.com/prometheus/blackbox_exporter@${MODULE_VERSION[blackbox_exporter]}
+BB_LDFLAGS=$(prom_ldflags "${VERSION[blackbox_exporter]}" "${MODULE_VERSION[blackbox_exporter]}")
+blackbox_build() {
+  tool_module_recipe "$SRC/blackbox-${VERSION[blackbox_exporter]}" "$BB_LDFLAGS" blackbox_exporter=blackbox_exporter "$BB_TARGET"
+}
+SOURCE="go get -tool $BB_TARGET"
+cached_step blackbox_exporter "$SOURCE | $BB_LDFLAGS | $GO_VERSION" blackbox_build blackbox_exporter
 
 # Debian tools, for the table.
 add_row redis-server "$(deb_version redis-server)" "debian" "$(command -v redis-server || echo -)" "-"

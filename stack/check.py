@@ -36,6 +36,7 @@ ROUTE_TESTS = "alertmanager/route-tests.yaml"
 COLLECTOR_CONFIG = "collector/config.yaml"
 JAEGER_CONFIG = "jaeger/config.yaml"
 LOKI_CONFIG = "loki/config.yaml"
+BLACKBOX_CONFIG = "blackbox/blackbox.yml"
 COMPOSE_FILE = "docker-compose.yml"
 LOCAL_PROCESSES = "local/processes.yaml"
 DASHBOARDS_GLOB = "grafana/dashboards/*.json"
@@ -54,6 +55,7 @@ TOOL_NAMES: dict[str, tuple[str, ...]] = {
     "k8s-check": ("k8s-check",),
     "kube-apiserver": ("kube-apiserver",),
     "etcd": ("etcd",),
+    "blackbox_exporter": ("blackbox_exporter", "prometheus-blackbox-exporter"),
 }
 # How each tool prints its version (default: --version).
 VERSION_ARGS: dict[str, tuple[str, ...]] = {
@@ -229,6 +231,14 @@ def check_loki(bundle: Path) -> CheckResult:
     )
 
 
+def check_blackbox(bundle: Path) -> CheckResult:
+    # Loads the file and every module (regexps, TLS settings) the way the exporter does, then exits.
+    return _tool_check(
+        bundle, "blackbox_exporter --config.check", "blackbox_exporter", _existing(bundle, [BLACKBOX_CONFIG]),
+        lambda tool, files: [tool, "--config.check", f"--config.file={files[0]}"], BLACKBOX_CONFIG,
+    )
+
+
 def check_compose(bundle: Path) -> CheckResult:
     return _tool_check(
         bundle, "docker-compose config", "docker-compose", _existing(bundle, [COMPOSE_FILE]),
@@ -269,6 +279,7 @@ TOOL_CHECKS: tuple[Callable[[Path], CheckResult | list[CheckResult]], ...] = (
     check_otelcol,
     check_jaeger,
     check_loki,
+    check_blackbox,
     check_compose,
     check_pint,
 )

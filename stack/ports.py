@@ -36,10 +36,13 @@ PORTS: dict[str, dict[str, tuple[int, int]]] = {
     # The runbook server `obsgen up` starts for the local target (python -m http.server on the
     # bundle's runbooks/). Compose has none: Grafana serves runbooks/ from its public folder.
     "runbooks": {"http": (3001, 3001)},
+    # Host metrics (node_exporter) and outside-in probes of the services (blackbox_exporter).
+    "node_exporter": {"http": (9100, 9100)},
+    "blackbox": {"http": (9115, 9115)},
 }
 
 # Components whose compose service (and host name) is not their spec key.
-COMPOSE_NAMES: dict[str, str] = {"alert_sink": "alert-sink"}
+COMPOSE_NAMES: dict[str, str] = {"alert_sink": "alert-sink", "node_exporter": "node-exporter"}
 
 # A webhook URL with this host means the bundled alert sink, on either target: in compose it is
 # the sink's service name; locally the topology turns it into 127.0.0.1.
@@ -61,6 +64,8 @@ KUBERNETES_HOSTS: dict[str, str] = {
     "loki": "loki",
     "jaeger": "jaeger",
     "alert_sink": "alert-sink",
+    # The chart's node exporter (prometheus-node-exporter subchart, a DaemonSet), release kube-prometheus-stack.
+    "node_exporter": "kube-prometheus-stack-prometheus-node-exporter",
 }
 
 # Ports published on the host in the compose target (what a person opens or a client reaches).
@@ -81,6 +86,7 @@ CONFIG_DIRS: dict[str, str] = {
     "loki": "/etc/loki",
     "jaeger": "/etc/jaeger",
     "grafana": "/etc/grafana/provisioning",
+    "blackbox": "/etc/blackbox",
 }
 
 
@@ -93,6 +99,9 @@ DATA_DIRS: dict[str, str] = {
     "loki": "/loki",
     "grafana": "/var/lib/grafana",
 }
+
+# Where the compose node_exporter container sees the host's root filesystem (--path.rootfs).
+HOST_ROOT = "/host"
 
 # Names compose gives its own containers (besides the components in PORTS).
 RESERVED_SERVICE_NAMES = ("secrets", *COMPOSE_NAMES.values())

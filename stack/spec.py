@@ -237,6 +237,19 @@ class MetricsEndpoint(Model):
     )
 
 
+class ProbeSettings(Model):
+    """How blackbox_exporter checks the service from outside (components.blackbox runs it)."""
+
+    enabled: bool = Field(True, description="Probe this service (its WebSocket upgrade, and ready_path).")
+    path: str = Field("/", pattern=r"^/[\x21-\x7e]*$", description="Path of the WebSocket upgrade request.")
+    tls: bool = Field(False, description="The endpoint is wss:// (https:// for ready_path): probe over TLS and "
+                                         "record the certificate's expiry.")
+    ready_path: str | None = Field(
+        None, pattern=r"^/[\x21-\x7e]*$",
+        description="An HTTP path that answers 2xx when the service is ready; default /readyz for built-in servers, "
+        "none for others.")
+
+
 # A Docker image reference as the engine parses it: [registry[:port]/]path[:tag][@algorithm:digest],
 # the path lowercase (github.com/distribution/reference).
 _IMAGE_PART = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
@@ -333,6 +346,8 @@ class Service(Model):
         default_factory=dict,
         description="OpenTelemetry resource attributes of an image service, added to OTEL_RESOURCE_ATTRIBUTES.",
     )
+    probe: ProbeSettings = Field(
+        ProbeSettings(), description="Outside-in probes by blackbox_exporter (built-in servers, or services with `port`).")
 
     @model_validator(mode="after")
     def _kind(self) -> "Service":
@@ -470,6 +485,21 @@ class RunbooksSettings(Component):
     points elsewhere); compose serves them from Grafana's public folder instead."""
 
 
+class NodeExporterSettings(Component):
+    """Host metrics: CPU, memory, load, disks, network (node_exporter). Compose mounts the host's
+    /proc, /sys and root filesystem read-only; the local target runs the native binary."""
+
+    enabled: bool = Field(True, description="Run node_exporter and scrape it (false leaves host metrics out).")
+
+
+class BlackboxSettings(Component):
+    """Outside-in probes of the services (blackbox_exporter): the WebSocket upgrade and /readyz."""
+
+    enabled: bool = Field(True, description="Run blackbox_exporter and probe every WebSocket service from outside.")
+    interval: Duration | None = Field(None, description="Probe interval (default: Prometheus' scrape interval).")
+    timeout: Duration = Field("5s", description="How long one probe may take before it counts as failed.")
+
+
 class Components(Model):
     collector: CollectorSettings = CollectorSettings()
     prometheus: PrometheusSettings = PrometheusSettings()
@@ -480,6 +510,8 @@ class Components(Model):
     redis: RedisSettings = RedisSettings()
     alert_sink: AlertSinkSettings = AlertSinkSettings()
     runbooks: RunbooksSettings = RunbooksSettings()
+    node_exporter: NodeExporterSettings = NodeExporterSettings()
+    blackbox: BlackboxSettings = BlackboxSettings()
 
 
 class Publish(Model):
@@ -1223,7 +1255,8 @@ def receiver_conflicts(spec: Spec) -> list[tuple[tuple, str]]:
 # Pinned versions (data, checked on load)
 # ---------------------------------------------------------------------------------------
 
-COMPONENT_NAMES = ("collector", "prometheus", "alertmanager", "loki", "jaeger", "grafana", "redis", "server")
+COMPONENT_NAMES = ("collector", "prometheus", "alertmanager", "loki", "jaeger", "grafana", "redis", "server",
+                   "node_exporter", "blackbox")
 
 
 class Pin(Model):

@@ -39,6 +39,9 @@ from stack.topology import Topology
 from stack.write import BundleWriteError, check_drift, write_bundle
 
 MANIFEST = "local/processes.yaml"
+# What `obsgen up` leaves out (re-rendered with enabled: false) when its binary is not installed:
+# the local-only backends, and the exporters any target may switch off. Process names use "-".
+LEFT_OUT_WHEN_MISSING = (*OPTIONAL_BACKENDS, "node_exporter", "blackbox")
 STATE_FILE = ".obsgen-up.json"
 LOG_DIR = "logs"
 
@@ -123,7 +126,8 @@ def render_without_missing(bundle: Path, external: set[str] = frozenset()) -> li
     text = spec_file.read_text(encoding="utf-8")
     try:
         spec = load_spec(text, str(spec_file), base_dir=str(bundle))
-        optional = [entry for entry in processes(spec, Topology(spec))["processes"] if entry["name"] in OPTIONAL_BACKENDS]
+        optional = [entry for entry in processes(spec, Topology(spec))["processes"]
+                    if _component(entry["name"]) in LEFT_OUT_WHEN_MISSING]
         missing = [(entry["name"], f"not installed: {not_found_message(entry['binary'])}") for entry in optional
                    if entry["name"] not in external and find_binary(entry["binary"]) is None]
         listed = {entry["name"] for entry in load_manifest(bundle)["processes"]}
@@ -132,7 +136,7 @@ def render_without_missing(bundle: Path, external: set[str] = frozenset()) -> li
             return []
         data = yaml.safe_load(text)
         for name, _ in missing:
-            data.setdefault("components", {}).setdefault(name, {})["enabled"] = False
+            data.setdefault("components", {}).setdefault(_component(name), {})["enabled"] = False
         files = dict(render_bundle(load_spec(yaml.safe_dump(data, sort_keys=False), str(spec_file),
                                              base_dir=str(bundle))))
         files[SPEC_PATH] = text.encode("utf-8")  # the spec as rendered: the next run starts from it again
@@ -141,6 +145,10 @@ def render_without_missing(bundle: Path, external: set[str] = frozenset()) -> li
     except (SpecError, BundleWriteError) as exc:
         raise UpError(f"cannot re-render {bundle} without what is not installed: {exc}") from None
     return missing
+
+
+def _component(process_name: str) -> str:
+    return process_name.replace("-", "_")  # node-exporter runs components.node_exporter
 
 
 def is_ready(check: dict) -> bool:

@@ -12,6 +12,7 @@ Bundle layout (agreed by all renderers and by ``obsgen check`` / ``obsgen up``):
     collector/config.yaml
     prometheus/prometheus.yml, prometheus/rules/*.yml, prometheus/tests/*.yml
     prometheus/metric-names.yaml (with custom alerts: what their metric names are checked against)
+    blackbox/blackbox.yml
     alertmanager/alertmanager.yml, alertmanager/templates/*.tmpl, alertmanager/route-tests.yaml
     loki/config.yaml
     jaeger/config.yaml
@@ -27,6 +28,7 @@ RENDERERS: tuple[str, ...] = (
     "loki",
     "jaeger",
     "prometheus",
+    "blackbox",
     "rules",
     "known_metrics",
     "alertmanager",

@@ -9,6 +9,7 @@ Pure: no I/O.
 
 from __future__ import annotations
 
+from stack.ports import HOST_ROOT
 from stack.spec import Service, Spec
 from stack.topology import Topology
 
@@ -45,6 +46,25 @@ def loki(spec: Spec, topology: Topology) -> list[str]:
 
 def jaeger(spec: Spec, topology: Topology) -> list[str]:
     return [f"--config={topology.config_dir('jaeger')}/config.yaml"]
+
+
+# Filesystems that are not disks: left out of the filesystem metrics (and so of the fill alert).
+FS_TYPES_EXCLUDE = "^(autofs|binfmt_misc|bpf|cgroup2?|configfs|debugfs|devpts|devtmpfs|fusectl|hugetlbfs|iso9660|mqueue|nsfs|overlay|proc|procfs|pstore|rpc_pipefs|securityfs|selinuxfs|squashfs|sysfs|tmpfs|tracefs)$"
+
+
+def node_exporter(spec: Spec, topology: Topology) -> list[str]:
+    # The default collectors (cpu, meminfo, loadavg, filesystem, diskstats, netdev, ...). In a
+    # container the host's /proc, /sys and / are mounted read-only under HOST_ROOT (compose).
+    args = [f"--web.listen-address={topology.listen('node_exporter', 'http')}",
+            f"--collector.filesystem.fs-types-exclude={FS_TYPES_EXCLUDE}"]
+    if not topology.local:
+        args += [f"--path.rootfs={HOST_ROOT}", f"--path.procfs={HOST_ROOT}/proc", f"--path.sysfs={HOST_ROOT}/sys"]
+    return args
+
+
+def blackbox(spec: Spec, topology: Topology) -> list[str]:
+    return [f"--config.file={topology.config_dir('blackbox')}/blackbox.yml",
+            f"--web.listen-address={topology.listen('blackbox', 'http')}"]
 
 
 def redis(spec: Spec, topology: Topology) -> list[str]:

@@ -34,8 +34,15 @@ import yaml
 
 from stack.renderers import commands
 from stack.spec import EnvSecret, FileSecret, Service, Spec, image_for, runs_in_compose, uses_alert_sink
-from stack.ports import CONFIG_DIRS, DOCKER_HOST_NAME, PUBLISHED
-from stack.renderers.wiring import GRAFANA_PASSWORD_SECRET, JAEGER_HEALTH_PATH, JWT_SECRET, resource_attributes, staged_secrets
+from stack.ports import CONFIG_DIRS, DOCKER_HOST_NAME, HOST_ROOT, PUBLISHED
+from stack.renderers.wiring import (
+    GRAFANA_PASSWORD_SECRET,
+    JAEGER_HEALTH_PATH,
+    JWT_SECRET,
+    probes,
+    resource_attributes,
+    staged_secrets,
+)
 from stack.topology import Topology
 
 PATH = "docker-compose.yml"
@@ -279,6 +286,27 @@ def _grafana(spec: Spec, topology: Topology) -> dict:
     )
 
 
+def _node_exporter(spec: Spec, topology: Topology) -> dict:
+    """Host metrics from inside a container: the host's /proc, /sys and / mounted read-only, and
+    the host's PID namespace so process counts are the host's. Network counters are those of the
+    container's own namespace (as in every stack that keeps it on the compose network)."""
+    return _service(
+        spec, "node_exporter",
+        command=commands.node_exporter(spec, topology),
+        volumes=[f"/proc:{HOST_ROOT}/proc:ro", f"/sys:{HOST_ROOT}/sys:ro", f"/:{HOST_ROOT}:ro,rslave"],
+        pid="host",
+    )
+
+
+def _blackbox(spec: Spec, topology: Topology) -> dict:
+    return _service(
+        spec, "blackbox",
+        command=commands.blackbox(spec, topology),
+        volumes=[_config_mount("blackbox")],
+        healthcheck=_http_check(f"http://localhost:{topology.port('blackbox', 'http')}/-/healthy"),
+    )
+
+
 def _redis(spec: Spec, topology: Topology) -> dict:
     port = topology.port("redis", "redis")
     return _service(
@@ -419,6 +447,10 @@ def compose(spec: Spec, topology: Topology) -> dict:
     }
     if spec.components.redis.enabled:
         services["redis"] = _redis(spec, topology)
+    if spec.components.node_exporter.enabled:
+        services[topology.host("node_exporter")] = _node_exporter(spec, topology)
+    if probes(spec, topology):
+        services[topology.host("blackbox")] = _blackbox(spec, topology)
     services[SECRETS_SERVICE] = _secrets_service(spec, secrets)
     if uses_alert_sink(spec):
         services[topology.host("alert_sink")] = _alert_sink(spec, topology)

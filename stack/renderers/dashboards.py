@@ -176,6 +176,8 @@ class VariableDef(_Definition):
 class RowDef(_Definition):
     title: str | None = None
     collapsed: bool = Field(False, description="Start folded (a titled row only); Grafana opens it on click.")
+    requires: Literal["node_exporter", "blackbox", "blackbox_tls"] | None = Field(
+        None, description="Shown only when the bundle has it: host metrics, probes, probes over TLS.")
     panels: list[PanelDef] = Field(min_length=1)
 
     @model_validator(mode="after")

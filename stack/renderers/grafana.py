@@ -26,6 +26,7 @@ from stack.renderers.dashboards import (
     custom_definition,
     slo_definition,
 )
+from stack.renderers.wiring import probes
 from stack.spec import Spec
 from stack.topology import Topology
 
@@ -170,8 +171,14 @@ def dashboards(spec: Spec) -> dict[str, dict]:
         sources.append(("slos", slo_definition(spec)))
     sources += [(f"dashboards.custom[{index}]", custom_definition(custom))
                 for index, custom in enumerate(spec.dashboards.custom)]
+    found = probes(spec, Topology(spec))
+    present = {None: True, "node_exporter": spec.components.node_exporter.enabled, "blackbox": bool(found),
+               "blackbox_tls": any(probe.tls for probe in found)}
     models: dict[str, dict] = {}
     for where, definition in sources:
+        rows = [row for row in definition.rows if present[row.requires]]
+        if rows != list(definition.rows):
+            definition = definition.model_copy(update={"rows": rows})
         model = build_dashboard(definition, services, spec.project)
         uid = model["uid"]
         if uid in models:

@@ -14,7 +14,7 @@ import yaml
 
 from stack.renderers import commands
 from stack.spec import EnvSecret, FileSecret, Service, Spec
-from stack.renderers.wiring import GRAFANA_PASSWORD_SECRET, JAEGER_HEALTH_PATH, JWT_SECRET, staged_secrets
+from stack.renderers.wiring import GRAFANA_PASSWORD_SECRET, JAEGER_HEALTH_PATH, JWT_SECRET, probes, staged_secrets
 from stack.renderers.alerting import RUNBOOKS_DIRECTORY
 from stack.spec import serves_runbooks, uses_alert_sink
 from stack.topology import Topology
@@ -115,6 +115,14 @@ def processes(spec: Spec, topology: Topology) -> dict:
                    "GF_AUTH_ANONYMOUS_ENABLED": "false",
                    "GF_SECURITY_ADMIN_PASSWORD__FILE": f"secrets/{GRAFANA_PASSWORD_SECRET}",
                }))
+    if spec.components.node_exporter.enabled:
+        entries.append(_entry("node-exporter", ["node_exporter", "prometheus-node-exporter"],
+                              commands.node_exporter(spec, topology),
+                              _http(topology, "node_exporter", "http", "/metrics"), [topology.url("node_exporter", "http")]))
+    if probes(spec, topology):
+        entries.append(_entry("blackbox", ["blackbox_exporter", "prometheus-blackbox-exporter"],
+                              commands.blackbox(spec, topology),
+                              _http(topology, "blackbox", "http", "/-/healthy"), [topology.url("blackbox", "http")]))
     for service in spec.services:
         if service.builtin:
             entries += [_server(spec, topology, service, i) for i in range(service.instances)]

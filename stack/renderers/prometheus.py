@@ -16,9 +16,18 @@ which is how the server's exemplars arrive. OTLP metrics reach Prometheus throug
 from __future__ import annotations
 
 from stack.promtext import dump_yaml
-from stack.spec import Spec, component_runs
+from stack.spec import Spec
 from stack.topology import Topology
-from stack.renderers.wiring import stack_job_address, SERVICE_LABEL, STACK_JOBS
+from stack.renderers.wiring import (
+    PROBE_JOB,
+    PROBE_LABEL,
+    PROBE_SERVICE_LABEL,
+    SERVICE_LABEL,
+    STACK_JOBS,
+    probes,
+    stack_job_address,
+    stack_job_names,
+)
 
 PATH = "prometheus/prometheus.yml"
 RULE_FILES = "rules/*.yml"
@@ -37,11 +46,10 @@ def service_jobs(spec: Spec, topology: Topology) -> list[dict]:
     return jobs
 
 
-def stack_jobs(topology: Topology) -> list[dict]:
+def stack_jobs(spec: Spec, topology: Topology) -> list[dict]:
     jobs = []
-    for name, (component, _port, path, honor_labels) in STACK_JOBS.items():
-        if not component_runs(topology.spec, component):
-            continue  # left out of the stack: a target nobody serves would only read as down
+    for name in stack_job_names(spec):
+        _component, _port, path, honor_labels = STACK_JOBS[name]
         job: dict = {"job_name": name}
         if honor_labels:
             job["honor_labels"] = True
@@ -49,6 +57,39 @@ def stack_jobs(topology: Topology) -> list[dict]:
         job["static_configs"] = [{"targets": [stack_job_address(topology, name)]}]
         jobs.append(job)
     return jobs
+
+
+def probe_jobs(spec: Spec, topology: Topology) -> list[dict]:
+    """One job for every blackbox probe: Prometheus asks blackbox_exporter's /probe for each target.
+
+    Each target is its own static config carrying its module (``__param_module``), the probe's
+    kind and service, and ``instance`` = the probed WebSocket endpoint (host:port), which for a
+    built-in server is the instance its /metrics is scraped as. The service name reaches the
+    probe's samples as ``service`` through metric relabeling only: the job's own ``up`` (is
+    blackbox_exporter answering?) must not look like a service's.
+    """
+    found = probes(spec, topology)
+    if not found:
+        return []
+    job: dict = {"job_name": PROBE_JOB, "metrics_path": "/probe"}
+    if spec.components.blackbox.interval:
+        job["scrape_interval"] = spec.components.blackbox.interval
+    job["static_configs"] = [
+        {"targets": [probe.target], "labels": {
+            "__param_module": probe.module, "instance": probe.instance,
+            PROBE_LABEL: probe.probe, PROBE_SERVICE_LABEL: probe.service,
+        }}
+        for probe in found
+    ]
+    job["relabel_configs"] = [
+        {"source_labels": ["__address__"], "target_label": "__param_target"},
+        {"target_label": "__address__", "replacement": topology.address("blackbox", "http")},
+    ]
+    job["metric_relabel_configs"] = [
+        {"source_labels": [PROBE_SERVICE_LABEL], "target_label": SERVICE_LABEL},
+        {"action": "labeldrop", "regex": PROBE_SERVICE_LABEL},
+    ]
+    return [job]
 
 
 def config(spec: Spec, topology: Topology) -> dict:
@@ -66,7 +107,7 @@ def config(spec: Spec, topology: Topology) -> dict:
                 {"static_configs": [{"targets": [topology.address("alertmanager", "http")]}]}
             ]
         },
-        "scrape_configs": [*service_jobs(spec, topology), *stack_jobs(topology)],
+        "scrape_configs": [*service_jobs(spec, topology), *stack_jobs(spec, topology), *probe_jobs(spec, topology)],
     }
 
 

@@ -22,7 +22,7 @@ their input series, so a test can only pass if the rule does what its words say.
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Iterable
 
 from alerts.pack import Knobs, MetricRef, Pack, PackAlert, knobs, load_pack
@@ -51,7 +51,7 @@ from stack.promtext import (
 )
 from stack.spec import CustomAlert, Spec
 from stack.topology import Topology
-from stack.renderers.wiring import stack_job_address, SERVICE_LABEL, STACK_JOBS
+from stack.renderers.wiring import PROBE_JOB, PROBE_LABEL, SERVICE_LABEL, STACK_JOBS, probes, stack_job_address
 
 RULES_DIR = "prometheus/rules"
 TESTS_DIR = "prometheus/tests"
@@ -88,6 +88,21 @@ def test_file(test: TestFile) -> str:
 def rate_window_for(spec: Spec) -> str:
     """The range of the pack's rate() and quantile windows: the spec's, else the pack's default."""
     return spec.alerts.rate_window or load_pack().rate_window
+
+
+def window_for(alert: PackAlert, rate_window: str) -> str:
+    """The range an alert's expression looks back over: its own (predict_linear, changes) or the rate window."""
+    return alert.range or rate_window
+
+
+def fires_below(alert: PackAlert) -> bool:
+    """Whether the alert fires when its measure is below the threshold (memory available, time to full)."""
+    return alert.below or alert.kind == "predict_linear"
+
+
+def beyond(alert: PackAlert, measure: float, threshold: float) -> bool:
+    """The measure is past the threshold, in the alert's direction."""
+    return measure < threshold if fires_below(alert) else measure > threshold
 
 
 # ---------------------------------------------------------------------------------------
@@ -179,16 +194,49 @@ def pack_value_expr(alert: PackAlert, rate_window: str) -> str:
         return f"{alert.aggregate} by ({by}) ({inner})" if alert.by else inner
     if alert.kind == "rate":
         return f"sum by ({by}) ({_rate(alert.metric, rate_window)})"
+    if alert.kind == "busy":
+        # The share of time the CPUs were not idle, averaged over a host's CPUs.
+        return f"1 - avg by ({by}) ({_rate(alert.metric, rate_window)})"
+    if alert.kind == "predict_linear":
+        # Free space expected [[threshold]] from now, from the trend over the alert's range.
+        return f"predict_linear({alert.metric.selector()}[{alert.range}], {number(alert.threshold)})"
+    if alert.kind == "changes":
+        return f"changes({alert.metric.selector()}[{alert.range}])"
+    if alert.kind == "probe":
+        # Failing from outside while the instance's own scrape is not down: when `up` is 0,
+        # WebSocketTargetDown speaks for the instance (built-in servers are probed on the address
+        # they are scraped at, so the two share service and instance).
+        return (
+            f'probe_success{{job="{PROBE_JOB}"}}\n'
+            f"unless on ({SERVICE_LABEL}, instance)\n"
+            f'  up{{{SERVICE_LABEL}!=""}} == 0'
+        )
     raise ValueError(f"unknown kind {alert.kind!r}")  # the loader refuses unknown kinds first
 
 
 def pack_expr(alert: PackAlert, threshold: float | None, rate_window: str) -> str:
     """The PromQL of one level of a pack alert."""
+    if alert.kind == "predict_linear":
+        alert = _with_threshold(alert, threshold)
     value = pack_value_expr(alert, rate_window)
     if alert.kind == "missing_metrics":
         return value
-    compare = alert.condition if threshold is None else f"> {number(threshold)}"
+    if alert.kind == "predict_linear":
+        return f"{value} < 0"
+    if alert.kind == "probe":
+        # The comparison binds tighter than `unless`: compare the probe, then drop the down instances.
+        first, _, rest = value.partition("\n")
+        return f"{first} {alert.condition}\n{rest}"
+    if threshold is None:
+        compare = alert.condition
+    else:
+        compare = f"{'<' if fires_below(alert) else '>'} {number(threshold)}"
     return f"{value} {compare}"
+
+
+def _with_threshold(alert: PackAlert, threshold: float | None) -> PackAlert:
+    """The alert with a spec's threshold, where the threshold is part of the expression (predict_linear)."""
+    return alert if threshold is None else replace(alert, threshold=threshold)
 
 
 def format_threshold(unit: str | None, value: float) -> str:
@@ -205,17 +253,24 @@ def format_value(unit: str | None, value: float) -> str:
 
 
 def description_for(alert: PackAlert, level: Level, knob: Knobs, rate_window: str) -> str:
-    text = alert.description.replace("[[for]]", knob.for_).replace("[[window]]", rate_window)
+    text = alert.description.replace("[[for]]", knob.for_).replace("[[window]]", window_for(alert, rate_window))
     if level.threshold is not None:
         text = text.replace("[[threshold]]", format_threshold(alert.unit, level.threshold))
     return text
 
 
-def enabled_pack_alerts(spec: Spec) -> list[tuple[PackAlert, Knobs]]:
+def enabled_pack_alerts(spec: Spec, topology: Topology | None = None) -> list[tuple[PackAlert, Knobs]]:
     pack = load_pack()
+    requires = {group.name: group.requires for group in pack.groups}
+    present = {
+        "node_exporter": spec.components.node_exporter.enabled,
+        "blackbox": bool(probes(spec, topology or Topology(spec))),
+    }
     chosen = []
     for alert in pack.alerts:
         if alert.in_pack and not spec.alerts.pack:
+            continue
+        if requires.get(alert.group) and not present[requires[alert.group]]:
             continue
         knob = knobs(alert, spec.alerts.thresholds.get(alert.key))
         if knob.enabled:
@@ -251,6 +306,11 @@ class Scenario:
     input: dict[str, str]
     value: float  # what the rule's expression evaluates to ($value)
     labels: dict[str, str]  # the alert's labels from its expression
+    measure: float | None = None  # what the threshold is compared with, where it is not $value
+
+    @property
+    def compared(self) -> float:
+        return self.value if self.measure is None else self.measure
 
 
 def metric_labels(ref: MetricRef, base: dict[str, str], example: dict[str, str], extra: dict[str, str] | None = None) -> dict[str, str]:
@@ -281,10 +341,11 @@ def metric_labels(ref: MetricRef, base: dict[str, str], example: dict[str, str],
 class ScenarioBuilder:
     """Input series for one pack alert, for a target value of its expression (None: idle)."""
 
-    def __init__(self, alert: PackAlert, target: dict[str, str], samples: int):
+    def __init__(self, alert: PackAlert, target: dict[str, str], samples: int, hold_minutes: int = 0):
         self.alert = alert
         self.target = target
         self.samples = samples
+        self.hold_minutes = hold_minutes  # the alert's `for`, in minutes
 
     def counter(self, per_minute: float) -> str:
         return f"0+{number(per_minute)}x{self.samples}"
@@ -293,7 +354,7 @@ class ScenarioBuilder:
         return f"{number(value)}x{self.samples}"
 
     def expected_labels(self, labels: dict[str, str]) -> dict[str, str]:
-        if self.alert.kind in ("up", "missing_metrics") or not self.alert.by:
+        if self.alert.kind in ("up", "missing_metrics", "probe") or not self.alert.by:
             return {k: v for k, v in labels.items() if k != "__name__"}
         return {name: labels.get(name, "") for name in self.alert.by}
 
@@ -319,7 +380,7 @@ class ScenarioBuilder:
         if value:
             while value * denominator < 100:
                 denominator *= 10
-        numerator = round((value or 0) * denominator)
+        numerator = round((value if value is not None else alert.idle) * denominator)
         num_labels = metric_labels(alert.numerator, self.target, alert.example)
         den_labels = metric_labels(alert.denominator, self.target, alert.example)
         if alert.function == "rate":
@@ -377,6 +438,57 @@ class ScenarioBuilder:
         return Scenario({series(alert.metric.concrete_name, labels): self.counter(per_second * 60)}, per_second,
                         self.expected_labels(labels))
 
+    def _busy(self, value: float | None) -> Scenario:
+        """One CPU, idle (1 - value) of every second; idle: a wholly idle CPU."""
+        alert = self.alert
+        labels = metric_labels(alert.metric, self.target, alert.example)
+        busy = value or 0.0
+        idle_per_minute = (1 - busy) * 60
+        return Scenario({series(alert.metric.concrete_name, labels): self.counter(idle_per_minute)},
+                        1 - idle_per_minute / 60, self.expected_labels(labels))
+
+    def _predict_linear(self, value: float | None) -> Scenario:
+        """Free space falling linearly so that it runs out ``value`` seconds after the test looks.
+
+        The test looks at minute ``samples - 5``; the prediction (and $value) is the free space
+        ``threshold`` seconds later. Idle: constant free space.
+        """
+        alert = self.alert
+        labels = metric_labels(alert.metric, self.target, alert.example)
+        start = 100 * 2**30  # 100 GiB free at minute 0
+        look = self.samples - 5
+        if value is None:
+            return Scenario({series(alert.metric.concrete_name, labels): self.gauge(start)}, float(start),
+                            self.expected_labels(labels), measure=float("inf"))
+        per_minute = start / (look + value / 60)
+        horizon_minutes = alert.threshold / 60
+        predicted = start - per_minute * (look + horizon_minutes)
+        return Scenario({series(alert.metric.concrete_name, labels): f"{number(start)}-{number(per_minute)}x{self.samples}"},
+                        predicted, self.expected_labels(labels), measure=value)
+
+    def _changes(self, value: float | None) -> Scenario:
+        """The start time moves once, a minute before the condition must have held for `for`."""
+        alert = self.alert
+        labels = metric_labels(alert.metric, self.target, alert.example)
+        first = 1_700_000_000
+        if value is None:
+            return Scenario({series(alert.metric.concrete_name, labels): self.gauge(first)}, 0.0,
+                            self.expected_labels(labels))
+        change_at = self.samples - 5 - self.hold_minutes - 1
+        values = f"{first}x{change_at - 1} {first + 3600}x{self.samples - change_at}"
+        return Scenario({series(alert.metric.concrete_name, labels): values}, 1.0, self.expected_labels(labels))
+
+    def _probe(self, value: float | None) -> Scenario:
+        """A probe of the first probed instance, with the scrape of that instance up."""
+        probe_labels = dict(self.target)
+        service = probe_labels[SERVICE_LABEL]
+        up_labels = {"job": service, "instance": probe_labels["instance"], SERVICE_LABEL: service}
+        success = 0 if value is not None else 1
+        return Scenario({
+            series("probe_success", probe_labels): self.gauge(success),
+            series("up", up_labels): self.gauge(1),
+        }, float(success), probe_labels)
+
 
 def _fixed_value(condition: str | None) -> float:
     """A value that meets a fixed condition such as '== 0'."""
@@ -408,9 +520,11 @@ def _round3(value: float) -> float:
 
 
 def firing_value(alert: PackAlert, level: Level) -> float | None:
-    """A value above the level (below the next one), as round as possible."""
+    """A value above the level (below the next one), as round as possible; below it for alerts that fire below."""
     if level.threshold is None:
         return 0.0  # any: fixed conditions ignore it
+    if fires_below(alert):
+        return _round3(level.threshold / 2)
     low, high = level.threshold, level.upper
     if alert.kind == "quantile":
         top = alert.metric.metric.buckets[-1]
@@ -430,6 +544,8 @@ def silent_value(alert: PackAlert, level: Level) -> float | None:
     """A value below the lowest level, or None when only idle is below it."""
     if level.threshold is None or level.threshold <= 0:
         return None
+    if fires_below(alert):
+        return _round3((level.threshold + 1) / 2) if alert.unit == "ratio" else level.threshold * 2
     if alert.kind == "quantile":
         return alert.metric.metric.buckets[0] / 2
     return _round3(level.threshold / 2)
@@ -444,6 +560,12 @@ def pack_target(spec: Spec, topology: Topology, alert: PackAlert) -> dict[str, s
             "instance": topology.service_metrics_targets(service)[0],
             SERVICE_LABEL: service.name,
         }
+    if alert.test_target == "probe":
+        found = probes(spec, topology)
+        if not found:
+            raise ValueError(f"alerts/pack.yaml alert {alert.key}: test_target probe, but nothing is probed")
+        probe = found[0]
+        return {"job": PROBE_JOB, "instance": probe.instance, PROBE_LABEL: probe.probe, SERVICE_LABEL: probe.service}
     if alert.test_target not in STACK_JOBS:
         raise ValueError(f"alerts/pack.yaml alert {alert.key}: test_target {alert.test_target!r} is neither "
                          f"'service' nor a stack job of prometheus.yml ({', '.join(STACK_JOBS)})")
@@ -455,7 +577,7 @@ def expected_alerts(
 ) -> tuple[ExpectedAlert, ...]:
     expected = []
     for level, rule in zip(levels(alert, knob), rules):
-        if level.threshold is not None and not scenario.value > level.threshold:
+        if level.threshold is not None and not beyond(alert, scenario.compared, level.threshold):
             continue
         labels = {**scenario.labels, **rule.labels}
         text = description_for(alert, level, knob, rate_window)
@@ -470,35 +592,43 @@ def expected_alerts(
 
 def pack_cases(spec: Spec, topology: Topology, alert: PackAlert, knob: Knobs, rules: list[AlertRule]) -> list[AlertCase]:
     rate_window = rate_window_for(spec)
-    look = minutes(rate_window) + minutes(knob.for_) + TEST_MARGIN_MINUTES
+    look = minutes(window_for(alert, rate_window)) + minutes(knob.for_) + TEST_MARGIN_MINUTES
     eval_time = f"{look}m"
-    builder = ScenarioBuilder(alert, pack_target(spec, topology, alert), samples=look + 5)
+    builder = ScenarioBuilder(alert, pack_target(spec, topology, alert), samples=look + 5,
+                              hold_minutes=minutes(knob.for_))
     alert_levels = levels(alert, knob)
     cases = []
     for level in reversed(alert_levels):
         scenario = builder.build(firing_value(alert, level))
         expected = expected_alerts(alert, knob, rules, scenario, rate_window)
-        firing_levels = [lv for lv in alert_levels if lv.threshold is None or scenario.value > lv.threshold]
-        if level not in firing_levels or (level.upper is not None and scenario.value >= level.upper):
-            raise AssertionError(f"{alert.alert}: test input gives {scenario.value}, not within {level}")
-        what = f"at {format_value(alert.unit, scenario.value)}" if level.threshold is not None else "when its condition holds"
+        firing_levels = [lv for lv in alert_levels if lv.threshold is None or beyond(alert, scenario.compared, lv.threshold)]
+        if level not in firing_levels or (level.upper is not None and scenario.compared >= level.upper):
+            raise AssertionError(f"{alert.alert}: test input gives {scenario.compared}, not within {level}")
+        what = f"at {format_value(alert.unit, scenario.compared)}" if level.threshold is not None else "when its condition holds"
         cases.append(AlertCase(
             f"{alert.alert} fires ({level.severity}) {what}", scenario.input, eval_time, ((alert.alert, expected),)
         ))
     below = silent_value(alert, alert_levels[0])
     if below is not None:
         scenario = builder.build(below)
-        if not scenario.value < alert_levels[0].threshold:
-            raise AssertionError(f"{alert.alert}: silent input gives {scenario.value}")
+        if beyond(alert, scenario.compared, alert_levels[0].threshold) or scenario.compared == alert_levels[0].threshold:
+            raise AssertionError(f"{alert.alert}: silent input gives {scenario.compared}")
+        side = "above" if fires_below(alert) else "below"
         cases.append(AlertCase(
-            f"{alert.alert} stays silent below its threshold (at {format_value(alert.unit, scenario.value)})",
+            f"{alert.alert} stays silent {side} its threshold (at {format_value(alert.unit, scenario.compared)})",
             scenario.input, eval_time, ((alert.alert, ()),),
         ))
+    if alert.kind == "probe":
+        # The case only WebSocketTargetDown should speak for: the probe fails because the instance is down.
+        down = builder.build(0.0)
+        data = {name: (builder.gauge(0) if name.startswith("up{") else values) for name, values in down.input.items()}
+        cases.append(AlertCase(f"{alert.alert} stays silent while the instance's scrape is down too",
+                               data, eval_time, ((alert.alert, ()),)))
     idle = builder.build(None)
     no_nan: tuple[dict, ...] = ()
     if alert.kind in ("ratio", "quantile"):
         # Below any threshold is not enough: the value itself must be absent (or a real 0), not NaN.
-        samples = [{"labels": series("", idle.labels), "value": 0}] if alert.function == "none" else []
+        samples = [{"labels": series("", idle.labels), "value": number_or_int(idle.value)}] if alert.function == "none" else []
         no_nan = ({"expr": pack_value_expr(alert, rate_window), "eval_time": eval_time, "exp_samples": samples},)
     cases.append(AlertCase(f"{alert.alert} {IDLE_TITLES.get(alert.kind, 'stays silent at zero traffic')}",
                            idle.input, eval_time, ((alert.alert, ()),), promql_checks=no_nan))
@@ -508,13 +638,22 @@ def pack_cases(spec: Spec, topology: Topology, alert: PackAlert, knob: Knobs, ru
 IDLE_TITLES = {
     "up": "stays silent while the target is up",
     "missing_metrics": "stays silent while the service exposes its metrics, at zero traffic",
+    "busy": "stays silent while the CPU is idle",
+    "predict_linear": "stays silent while free space holds steady",
+    "changes": "stays silent while the process keeps running",
+    "probe": "stays silent while the probe succeeds",
 }
+
+
+def number_or_int(value: float) -> float | int:
+    """A whole number as an int, so an expected sample reads 0, not 0.0."""
+    return int(value) if float(value).is_integer() else value
 
 
 def idle_case(title: str, alerts: list[tuple[PackAlert, Knobs]], spec: Spec, topology: Topology) -> AlertCase:
     """Every alert of a file at once, over the union of their idle inputs: none may fire."""
     rate_window = rate_window_for(spec)
-    look = max(minutes(rate_window) + minutes(k.for_) for _, k in alerts) + TEST_MARGIN_MINUTES
+    look = max(minutes(window_for(a, rate_window)) + minutes(k.for_) for a, k in alerts) + TEST_MARGIN_MINUTES
     data: dict[str, str] = {}
     for alert, _ in alerts:
         idle = ScenarioBuilder(alert, pack_target(spec, topology, alert), samples=look + 5).build(None)
@@ -587,7 +726,7 @@ class RuleSet:
 def build(spec: Spec, topology: Topology) -> RuleSet:
     pack: Pack = load_pack()
     result = RuleSet()
-    chosen = enabled_pack_alerts(spec)
+    chosen = enabled_pack_alerts(spec, topology)
     for group in pack.groups:
         members = [(a, k) for a, k in chosen if a.group == group.name]
         if not members:
@@ -646,6 +785,8 @@ def _metric_names(alert: PackAlert) -> tuple[str, ...]:
         names.append(f'{{__name__=~"{ref.name_regex}"}}' if ref.name_regex else ref.concrete_name)
     if alert.kind in ("up", "missing_metrics"):
         names.append("up")
+    if alert.kind == "probe":
+        names += ["probe_success", "up"]
     return tuple(names)
 
 

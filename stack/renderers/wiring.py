@@ -6,6 +6,8 @@ renderer can change on its own. Pure: no I/O.
 
 from __future__ import annotations
 
+import re
+from dataclasses import dataclass
 from urllib.parse import quote
 
 from stack.errors import RenderError
@@ -19,6 +21,7 @@ from stack.spec import (
     SlackReceiver,
     Spec,
     WebhookReceiver,
+    component_runs,
 )
 from stack.topology import Topology
 
@@ -41,13 +44,85 @@ STACK_JOBS: dict[str, tuple[str, str, str, bool]] = {
     "jaeger": ("jaeger", "metrics", "/metrics", False),
     "loki": ("loki", "http", "/metrics", False),
     "grafana": ("grafana", "http", "/metrics", False),
+    # Host metrics, and the blackbox exporter's own metrics (its probes are the job PROBE_JOB).
+    "node_exporter": ("node_exporter", "http", "/metrics", False),
+    "blackbox_exporter": ("blackbox", "http", "/metrics", False),
 }
 SERVICE_LABEL = "service"
+
+
+def stack_job_names(spec: Spec) -> list[str]:
+    """The stack jobs this spec's Prometheus scrapes: those of the components that run (switched off or
+    left out by `obsgen up`: a target nobody serves would only read as down), blackbox_exporter only
+    with something to probe."""
+    return [job for job, (component, _port, _path, _honor) in STACK_JOBS.items()
+            if component_runs(spec, component) and (component != "blackbox" or probes(spec, Topology(spec)))]
 
 
 def stack_job_address(topology: Topology, job: str) -> str:
     component, port, _path, _honor = STACK_JOBS[job]
     return topology.address(component, port)
+
+
+# ---------------------------------------------------------------------------------------
+# Outside-in probes (blackbox_exporter probes; Prometheus scrapes them as job PROBE_JOB)
+# ---------------------------------------------------------------------------------------
+
+PROBE_JOB = "blackbox"
+PROBE_LABEL = "probe"  # upgrade | ready
+# The target label naming the probed service; copied into `service` on the probe's samples only
+# (metric relabeling), so the job's own `up` has no `service` and the service alerts ignore it.
+PROBE_SERVICE_LABEL = "probe_service"
+READY_MODULE = "http_ready"
+
+
+@dataclass(frozen=True)
+class Probe:
+    service: str
+    probe: str  # upgrade | ready
+    module: str  # blackbox module name
+    target: str  # what blackbox dials: host:port (tcp) or a URL (http)
+    instance: str  # host:port of the WebSocket endpoint: the scrape target's instance for built-in servers
+    tls: bool = False  # over TLS (wss:// and https://): the probe also records the certificate's expiry
+
+
+def upgrade_module(path: str, tls: bool) -> str:
+    """Name of the TCP module that sends a WebSocket upgrade for ``path`` (over TLS for wss://)."""
+    suffix = re.sub(r"[^a-z0-9]+", "_", path.lower()).strip("_")
+    return "websocket_upgrade" + ("_tls" if tls else "") + (f"_{suffix}" if suffix else "")
+
+
+def probes(spec: Spec, topology: Topology) -> list[Probe]:
+    """Every probe of this spec: the upgrade of each WebSocket endpoint, and /readyz where served.
+
+    Built-in servers are probed per instance (WebSocket and /readyz on metrics.port + i); other
+    services when they give their WebSocket ``port``. None when blackbox is turned off.
+    """
+    if not spec.components.blackbox.enabled or topology.kubernetes:
+        return []  # kubernetes: no blackbox_exporter is rendered there (docs/kubernetes.md)
+    found = []
+    for service in spec.services:
+        settings = service.probe
+        if not settings.enabled:
+            continue
+        host = topology.service_host(service)
+        if service.builtin:
+            ports = [service.metrics.port + i for i in range(service.instances)]
+        elif service.port is not None:
+            ports = [service.port]
+        else:
+            continue
+        ready_path = settings.ready_path if settings.ready_path is not None else (
+            "/readyz" if service.builtin else None)
+        scheme = "https" if settings.tls else "http"
+        for port in ports:
+            address = f"{host}:{port}"
+            found.append(Probe(service.name, "upgrade", upgrade_module(settings.path, settings.tls), address, address,
+                               settings.tls))
+            if ready_path:
+                found.append(Probe(service.name, "ready", READY_MODULE, f"{scheme}://{address}{ready_path}", address,
+                                   settings.tls))
+    return found
 
 
 # ---------------------------------------------------------------------------------------

@@ -222,7 +222,8 @@ def test_server_instances_share_one_network_namespace_so_the_scrape_targets_reso
 
 def test_external_services_are_only_scraped():
     services = rendered(spec_file("many-services.yaml"))["services"]
-    assert set(services) == {*COMPONENTS, "redis", "secrets"}
+    # Host metrics and the probes of the services that give their WebSocket port come along.
+    assert set(services) == {*COMPONENTS, "redis", "secrets", "node-exporter", "blackbox"}
 
 
 def test_local_target_renders_no_compose_file():

@@ -99,7 +99,9 @@ def test_prometheus_rules_hold_exactly_the_compose_groups(default_spec, default_
     built = rules.build(default_spec, Topology(default_spec))
     found = {r["metadata"]["annotations"]["obsgen.dev/rule-file"]: r for r in objects_of(default_bundle, "PrometheusRule")}
     assert set(found) == set(built.rules) == {
-        "websocket.yml", "stack.yml", "slo-message-availability-recording.yml", "slo-message-availability-alerts.yml",
+        # host and process alerts read kube-prometheus-stack's node exporter and the pods' process
+        # metrics; no blackbox probes are rendered there, so no probe alerts.
+        "websocket.yml", "stack.yml", "host.yml", "process.yml", "slo-message-availability-recording.yml", "slo-message-availability-alerts.yml",
         "slo-publish-latency-recording.yml", "slo-publish-latency-alerts.yml"}
     for file, rule in found.items():
         assert rule["spec"]["groups"] == built.rules[file]

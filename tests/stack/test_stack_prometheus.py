@@ -150,7 +150,7 @@ def test_prometheus_loads_the_bundle_from_its_root_as_obsgen_up_runs_it(tmp_path
     wait_for_port(port, timeout=30, proc=proc)
     expected_rules = {rule["alert"] for path in (root / "prometheus/rules").glob("*.yml")
                       for group in yaml.safe_load(path.read_text())["groups"] for rule in group["rules"] if "alert" in rule}
-    expected_jobs = {"ws-server", *wiring.STACK_JOBS}
+    expected_jobs = {"ws-server", *wiring.STACK_JOBS, wiring.PROBE_JOB}
     loaded: set[str] = set()
     jobs_seen: set[str] = set()
     deadline = time.monotonic() + 30

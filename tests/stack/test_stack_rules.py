@@ -207,7 +207,7 @@ def test_every_pack_test_target_is_a_scrape_job():
     from stack.renderers.wiring import STACK_JOBS
 
     for alert in load_pack().alerts:
-        assert alert.test_target == "service" or alert.test_target in STACK_JOBS
+        assert alert.test_target in ("service", "probe") or alert.test_target in STACK_JOBS
 
 
 # ---------------------------------------------------------------------------------------
@@ -261,9 +261,10 @@ def test_bad_alert_settings_are_refused_with_a_clear_message(fields, message):
 
 
 def test_every_pack_alert_renders_with_severity_summary_description_and_runbook():
-    spec = make_spec()
+    spec = make_spec(services=[{"name": "api", "builtin": True}])  # a built-in server is probed
     files = render(spec)
-    rendered = alerts_in(files, "websocket.yml") + alerts_in(files, "stack.yml")
+    rendered = [rule for group in ("websocket", "stack", "host", "process", "probe")
+                for rule in alerts_in(files, f"{group}.yml")]
     assert {r["alert"] for r in rendered} == {a.alert for a in load_pack().alerts}
     for rule in rendered:
         assert rule["labels"]["severity"] in ("critical", "warning", "info")

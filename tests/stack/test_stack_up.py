@@ -58,7 +58,8 @@ def test_manifest_lists_components_in_dependency_order_with_shared_flags(tmp_pat
     spec = _spec(tmp_path)
     manifest = processes(spec, Topology(spec))
     names = [entry["name"] for entry in manifest["processes"]]
-    assert names == ["runbooks", "redis", "loki", "jaeger", "collector", "alertmanager", "prometheus", "grafana", "ws-server"]
+    assert names == ["runbooks", "redis", "loki", "jaeger", "collector", "alertmanager", "prometheus", "grafana",
+                     "node-exporter", "blackbox", "ws-server"]
     server = manifest["processes"][-1]
     assert server["binary"] == ["{python}"] and server["required"] is True
     port = spec.services[0].metrics.port

@@ -35,6 +35,8 @@ GO_MODULES = {
     "kube-apiserver": "k8s.io/kubernetes",
     "etcd": "go.etcd.io/etcd/server/v3",
     "controller-gen": "sigs.k8s.io/controller-tools",
+    "node_exporter": "github.com/prometheus/node_exporter",
+    "blackbox_exporter": "github.com/prometheus/blackbox_exporter",
 }
 # How each binary prints its version (stack/check.py asks the same way).
 VERSION_ARGS = {"jaeger": ["version"], "pint": ["version"], "docker-compose": ["version", "--short"],
@@ -93,11 +95,13 @@ def go_module_version(binary: Path, module: str) -> str:
 def test_native_builds_run_the_pinned_image_versions_except_where_versions_yaml_says():
     assert set(NATIVE) == {"otelcol", "prometheus", "promtool", "jaeger", "amtool", "alertmanager", "pint",
                            "docker-compose", "k8s-check", "centrifugo",  # centrifugo: the peer bench/ measures
-                           "kube-apiserver", "etcd", "controller-gen"}  # the kubernetes bundle's dry run
+                           "kube-apiserver", "etcd", "controller-gen",  # the kubernetes bundle's dry run
+                           "node_exporter", "blackbox_exporter"}
     pins = pinned_versions()
     # The tests run exactly what compose runs for these ...
     for name, component in [("otelcol", "collector"), ("prometheus", "prometheus"), ("promtool", "prometheus"),
-                            ("jaeger", "jaeger"), ("amtool", "alertmanager")]:
+                            ("jaeger", "jaeger"), ("amtool", "alertmanager"), ("node_exporter", "node_exporter"),
+                            ("blackbox_exporter", "blackbox")]:
         assert NATIVE[name].pin == component
         assert NATIVE[name].version == pins[component].version
         assert pins[component].image.endswith(f":{pins[component].version}") or \
