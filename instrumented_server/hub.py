@@ -674,7 +674,10 @@ class Hub:
         frame = text_frame(message)
         # SSE subscribers share one event body too; their id line (all of a stream's positions)
         # is added by each stream's peer when it writes.
-        event = SseDelivery(pub.channel, pub.offset, pub.epoch, data_event(message)) if sse_sessions else None
+        event: SseDelivery | bytes | None = None
+        if sse_sessions:  # a local-only copy (offset 0) is in no history: it moves no position
+            event = (SseDelivery(pub.channel, pub.offset, pub.epoch, data_event(message))
+                     if pub.offset != LOCAL_ONLY_OFFSET else data_event(message))
         if telemetry.enabled:
             with telemetry.span("ws.deliver", {"messaging.destination.name": pub.channel, "messaging.message.id":
                                                pub.metadata.get("message_id", "")},
@@ -691,7 +694,7 @@ class Hub:
         telemetry.messages_sent("message", recipients, len(frame))
         if event is not None:
             telemetry.fanout(sse_recipients, SSE)
-            telemetry.messages_sent("message", sse_recipients, len(event.body), SSE)
+            telemetry.messages_sent("message", sse_recipients, len(event), SSE)
         telemetry.broker_lag(self.broker.name, max(0.0, self.wall() - pub.published_at))
 
     def _fanout(self, sessions: tuple[Session, ...], frame: bytes | SseDelivery) -> int:
@@ -758,7 +761,7 @@ class Hub:
     def _send_publication(self, session: Session, pub: Publication) -> None:
         message = encode_message(pub.channel, pub.offset, pub.epoch, pub.data, pub.metadata,
                                  milliseconds(pub.published_at))
-        if session.transport is SSE:
+        if session.transport is SSE and pub.offset != LOCAL_ONLY_OFFSET:
             self._send_item(session, SseDelivery(pub.channel, pub.offset, pub.epoch, data_event(message)), "message")
         else:
             self._send(session, message, "message")

@@ -77,6 +77,14 @@ def parse_stream_request(query: str, last_event_id: str | None, max_channels: in
     return StreamRequest(tuple(channels), positions, url_token)
 
 
+def url_has_token(query: str) -> bool:
+    """True when the query string has a token-like parameter (which is never read)."""
+    try:
+        return any(key.lower() in TOKEN_PARAMETERS for key, _ in parse_qsl(query, keep_blank_values=True))
+    except ValueError:
+        return False
+
+
 def parse_last_event_id(text: str, channels: int) -> tuple[Recover | None, ...]:
     """Positions from a ``Last-Event-ID`` made by ``format_position`` for ``channels`` channels."""
     if len(text) > LAST_EVENT_ID_MAX_LENGTH:
