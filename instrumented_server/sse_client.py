@@ -100,11 +100,10 @@ class SseClient:
 
     async def _line(self, timeout: float | None) -> str | None:
         while True:
-            for separator in (b"\n",):
-                index = self._buffer.find(separator)
-                if index >= 0:
-                    line, self._buffer = self._buffer[:index], self._buffer[index + 1:]
-                    return line.rstrip(b"\r").decode("utf-8")
+            index = self._buffer.find(b"\n")
+            if index >= 0:
+                line, self._buffer = self._buffer[:index], self._buffer[index + 1:]
+                return line.rstrip(b"\r").decode("utf-8")
             if self._eof:
                 return None
             chunk = await asyncio.wait_for(self.reader.read(65536), timeout)
@@ -121,8 +120,10 @@ class SseClient:
         data: list[str] = []
         event_type = ""
         pending_id: str | None = None
+        loop = asyncio.get_running_loop()
+        deadline = None if timeout is None else loop.time() + timeout  # for the event, comments or not
         while True:
-            line = await self._line(timeout)
+            line = await self._line(None if deadline is None else max(0.0, deadline - loop.time()))
             if line is None:
                 return None  # an event without its blank line is discarded, as EventSource does
             if line == "":
