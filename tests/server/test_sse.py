@@ -374,3 +374,37 @@ async def test_metrics_and_delivery_spans_cover_sse():
     # one span per fan-out, covering both transports' recipients
     assert [s.attributes["messaging.batch.message_count"] for s in deliver] == [2, 2, 2]
     assert [s.attributes["ws.sse_recipients"] for s in deliver] == [1, 1, 1]
+
+
+# ---------------------------------------------------------------------------- load generator
+
+
+def test_loadgen_drives_sse_subscribers_with_drops_and_counts_every_delivery(processes, tmp_path):
+    import subprocess as sp
+    import sys
+    import urllib.request
+
+    from tests.conftest import free_port, wait_for_port
+    from tests.server.server_support import AUTH
+
+    secret_file = tmp_path / "secret"
+    secret_file.write_text(AUTH.secret)
+    port = free_port()
+    server = processes.start([sys.executable, "-m", "instrumented_server", "--port", str(port),
+                              "--jwt-secret-file", str(secret_file), "--logs", "none", "--drain-timeout", "2"])
+    wait_for_port(port, timeout=DEADLINE, proc=server)
+    result = sp.run(
+        [sys.executable, "-m", "instrumented_server.loadgen", "--url", f"ws://127.0.0.1:{port}/",
+         "--jwt-secret-file", str(secret_file), "--subscribers", "4", "--sse-subscribers", "6", "--channels", "2",
+         "--rate", "40", "--duration", "2", "--settle", "1", "--fault", "disconnect=3", "--json", "--fail-on-loss"],
+        capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["sse_connections"] == 6 and report["connections"] == 4
+    assert report["published"] == 80 and report["expected"] == 80 * 5  # 10 subscribers over 2 channels
+    assert report["missing"] == 0 and report["out_of_order"] == 0 and report["resyncs"] == 0
+    assert report["faults"]["disconnect -> reset"] >= 3 and report["reconnects"] >= 1
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=DEADLINE).read().decode()
+    sent = next(line for line in metrics.splitlines()
+                if line.startswith('websocket_messages_sent_total{transport="sse",type="message"}'))
+    assert float(sent.split()[-1]) >= 80 * 3  # each publish reaches the 3 SSE streams of its channel (live or replayed)
