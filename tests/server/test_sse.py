@@ -408,3 +408,30 @@ def test_loadgen_drives_sse_subscribers_with_drops_and_counts_every_delivery(pro
     sent = next(line for line in metrics.splitlines()
                 if line.startswith('websocket_messages_sent_total{transport="sse",type="message"}'))
     assert float(sent.split()[-1]) >= 80 * 3  # each publish reaches the 3 SSE streams of its channel (live or replayed)
+
+
+# ---------------------------------------------------------------------------- the encoding (no I/O)
+
+
+def test_last_event_id_round_trips_and_refuses_what_it_did_not_make():
+    from instrumented_server.protocol import Recover
+    from instrumented_server.sse import (
+        NO_POSITION,
+        StreamRequestError,
+        format_position,
+        id_line,
+        parse_stream_request,
+    )
+
+    line = id_line([format_position(42, "9f3a1c07"), NO_POSITION, format_position(0, "0b12ee54")])
+    assert line == b"id: 42:9f3a1c07,-,0:0b12ee54\n"
+    assert parse_last_event_id(line[4:-1].decode(), 3) == (Recover(42, "9f3a1c07"), None, Recover(0, "0b12ee54"))
+    request = parse_stream_request("channel=a&channel=%24secret%23alice&token=x", None, 128)
+    assert request.channels == ("a", "$secret#alice") and request.url_token
+    assert parse_stream_request("channel=a&last_event_id=5%3Aab", None, 8).positions == (Recover(5, "ab"),)
+    assert parse_stream_request("channel=a&last_event_id=5%3Aab", "6:ab", 8).positions == (Recover(6, "ab"),)
+    for bad in ("1:a,2:b", "-1:a", "1:a b", "1", "99999999999999999999:a", ""):
+        with pytest.raises(StreamRequestError):
+            parse_last_event_id(bad, 1)
+    with pytest.raises(StreamRequestError, match="at most 2 channels"):
+        parse_stream_request("channel=a&channel=b&channel=c", None, 2)
