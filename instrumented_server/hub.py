@@ -91,8 +91,8 @@ class ChannelState:
 
     def _split(self) -> None:
         sessions = tuple(self.subscribers)
-        self._snapshot = tuple(s for s in sessions if s.transport is not SSE)
-        self._sse_snapshot = tuple(s for s in sessions if s.transport is SSE)
+        self._snapshot = tuple(s for s in sessions if s.transport != SSE)
+        self._sse_snapshot = tuple(s for s in sessions if s.transport == SSE)
 
     def add(self, session: Session) -> None:
         self.subscribers[session] = None
@@ -403,7 +403,7 @@ class Hub:
             if recover is not None:
                 payload["recovered"] = recovered
                 payload["replayed"] = len(replay)
-            if session.transport is SSE:
+            if session.transport == SSE:
                 # The ack sets the stream's position for this channel (its Last-Event-ID part).
                 body = self._event_bytes("ack", payload, correlation_id)
                 self._send_item(session, SseDelivery(name, last, result.epoch, data_event(body)), "ack")
@@ -601,7 +601,7 @@ class Hub:
         if not session.identity.expired(self.wall()):
             self._schedule_expiry(session)  # refreshed meanwhile, or the timer fired early
             return
-        if session.transport is SSE:
+        if session.transport == SSE:
             # A stream cannot send a new token: end it; the client reconnects with a fresh one
             # (cookie or header) and its Last-Event-ID, and loses nothing.
             self.close(session, CloseCode.TOKEN_EXPIRED)
@@ -746,7 +746,7 @@ class Hub:
 
     def _send(self, session: Session, payload: bytes, label: str) -> None:
         if session.open:
-            self._send_item(session, data_event(payload) if session.transport is SSE else text_frame(payload), label)
+            self._send_item(session, data_event(payload) if session.transport == SSE else text_frame(payload), label)
 
     def _send_item(self, session: Session, item: bytes | SseDelivery, label: str) -> None:
         if not session.open:
@@ -761,7 +761,7 @@ class Hub:
     def _send_publication(self, session: Session, pub: Publication) -> None:
         message = encode_message(pub.channel, pub.offset, pub.epoch, pub.data, pub.metadata,
                                  milliseconds(pub.published_at))
-        if session.transport is SSE and pub.offset != LOCAL_ONLY_OFFSET:
+        if session.transport == SSE and pub.offset != LOCAL_ONLY_OFFSET:
             self._send_item(session, SseDelivery(pub.channel, pub.offset, pub.epoch, data_event(message)), "message")
         else:
             self._send(session, message, "message")

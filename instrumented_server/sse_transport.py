@@ -13,13 +13,10 @@ by the client closing the connection.
 from __future__ import annotations
 
 import asyncio
-import logging
 from typing import Any
 
 from instrumented_server.protocol import CloseCode, milliseconds
 from instrumented_server.sse import NO_POSITION, SseDelivery, close_event, format_position, id_line
-
-log = logging.getLogger("instrumented_server.sse")
 
 MAX_CLIENT_BYTES = 65536  # an SSE client has nothing to send after its request; more is abuse
 

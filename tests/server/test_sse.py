@@ -89,7 +89,6 @@ async def test_websocket_publications_reach_an_sse_stream_with_positions_as_ids(
         assert [e.id for e in got] == [f"{i}:{epoch}" for i in range(1, 6)]  # id = offset:epoch
         assert stream.retry_ms == 2000
         # heartbeats are comments: EventSource ignores them, proxies see traffic
-        await eventually(lambda: server.hub.sessions and True)
         before = stream.comments
         with pytest.raises(asyncio.TimeoutError):
             await stream.next(1.0)  # nothing but comments arrives meanwhile
@@ -169,7 +168,6 @@ async def test_a_dropped_stream_resumes_with_last_event_id_nothing_lost_or_doubl
         got = received + rest
         for channel, count in (("room", total - total // 3), ("other", total // 3)):
             assert [o for c, o in got if c == channel] == list(range(1, count + 1)), channel
-        assert server.hub.telemetry is not None
         resumed.close()
 
 
