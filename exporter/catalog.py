@@ -68,6 +68,8 @@ ERROR_REASONS = (
     "malformed", "invalid_utf8", "unknown_type", "too_large", "forbidden", "not_found",
     "rate_limited", "slow_consumer", "broker", "internal",
 )
+# Which transport a client uses: the server's WebSocket protocol or its Server-Sent Events stream.
+TRANSPORTS = ("websocket", "sse")
 MESSAGE_TYPES = (
     "connect", "subscribe", "unsubscribe", "publish", "presence", "history", "ping",
     "message", "join", "leave", "ack", "error", "reconnect", "other",
@@ -81,18 +83,18 @@ NORMAL_CLOSE_CODE = "1000"
 
 CONNECTIONS_TOTAL = Metric(
     "websocket_connections_total", "counter",
-    "WebSocket upgrade attempts, by outcome.",
-    labels=("status",), label_values={"status": CONNECTION_STATUSES},
+    "Connection attempts (WebSocket upgrades, SSE stream requests), by outcome and transport.",
+    labels=("status", "transport"), label_values={"status": CONNECTION_STATUSES, "transport": TRANSPORTS},
 )
 ACTIVE_CONNECTIONS = Metric(
     "websocket_active_connections", "gauge",
-    "WebSocket connections currently open.",
-    labels=("namespace",),
+    "Connections currently open, by transport.",
+    labels=("namespace", "transport"), label_values={"transport": TRANSPORTS},
 )
 DISCONNECTIONS_TOTAL = Metric(
     "websocket_disconnections_total", "counter",
-    "Closed WebSocket connections, by close code (1000 normal, 1001 going away, 1006 abnormal, 4xxx application).",
-    labels=("code",), precreate={"code": (NORMAL_CLOSE_CODE,)},
+    "Closed connections, by close code (1000 normal, 1001 going away, 1006 abnormal, 4xxx application) and transport.",
+    labels=("code", "transport"), label_values={"transport": TRANSPORTS}, precreate={"code": (NORMAL_CLOSE_CODE,)},
 )
 MESSAGES_RECEIVED_TOTAL = Metric(
     "websocket_messages_received_total", "counter",
@@ -101,8 +103,9 @@ MESSAGES_RECEIVED_TOTAL = Metric(
 )
 MESSAGES_SENT_TOTAL = Metric(
     "websocket_messages_sent_total", "counter",
-    "Messages sent to clients, by message type; a fan-out counts once per recipient.",
-    labels=("type",), label_values={"type": MESSAGE_TYPES}, precreate={"type": SERVER_MESSAGE_TYPES},
+    "Messages sent to clients, by message type and transport; a fan-out counts once per recipient.",
+    labels=("type", "transport"), label_values={"type": MESSAGE_TYPES, "transport": TRANSPORTS},
+    precreate={"type": SERVER_MESSAGE_TYPES},
 )
 MESSAGE_DURATION_SECONDS = Metric(
     "websocket_message_duration_seconds", "histogram",
@@ -132,7 +135,8 @@ SUBSCRIPTIONS = Metric(
 )
 FANOUT_MESSAGES_TOTAL = Metric(
     "websocket_fanout_messages_total", "counter",
-    "Deliveries made by channel fan-out (one per recipient of each published message).",
+    "Deliveries made by channel fan-out (one per recipient of each published message), by transport.",
+    labels=("transport",), label_values={"transport": TRANSPORTS},
 )
 BROKER_LAG_SECONDS = Metric(
     "websocket_broker_lag_seconds", "histogram",

@@ -68,13 +68,13 @@ class Telemetry:
 
         # Children resolved once, as bound increments; the hooks below only look them up
         # and call them. Counter steps are never negative: the hooks check before calling.
-        self._connections = metrics.incrementers(catalog.CONNECTIONS_TOTAL.name)
-        self._accepted = self._connections["accepted"]
-        self._active = metrics.incrementers(catalog.ACTIVE_CONNECTIONS.name)
-        self._disconnections = metrics.incrementers(catalog.DISCONNECTIONS_TOTAL.name)
+        # Metrics with a transport label are looked up [transport][value]: one more dict lookup.
+        self._connections = metrics.per_transport(catalog.CONNECTIONS_TOTAL.name)
+        self._active = metrics.per_transport(catalog.ACTIVE_CONNECTIONS.name)
+        self._disconnections = metrics.per_transport(catalog.DISCONNECTIONS_TOTAL.name)
         self._reconnects = metrics.incrementers(catalog.RECONNECTS_TOTAL.name)
         self._received = metrics.incrementers(catalog.MESSAGES_RECEIVED_TOTAL.name)
-        self._sent = metrics.incrementers(catalog.MESSAGES_SENT_TOTAL.name)
+        self._sent = metrics.per_transport(catalog.MESSAGES_SENT_TOTAL.name)
         self._duration = metrics.observers(catalog.MESSAGE_DURATION_SECONDS.name)
         sizes = metrics.observers(catalog.MESSAGE_SIZE_BYTES.name)
         self._size_in = sizes["in"]
@@ -82,7 +82,7 @@ class Telemetry:
         self._errors = metrics.incrementers(catalog.ERRORS_TOTAL.name)
         self._rate_limited = metrics.incrementers(catalog.RATE_LIMITED_TOTAL.name)
         self._subscriptions = metrics.incrementers(catalog.SUBSCRIPTIONS.name)
-        self._fanout_inc = metrics.unlabelled_incrementer(catalog.FANOUT_MESSAGES_TOTAL.name)
+        self._fanout_inc = metrics.incrementers(catalog.FANOUT_MESSAGES_TOTAL.name)
         self._broker_lag = metrics.observers(catalog.BROKER_LAG_SECONDS.name)
         dropped = metrics.children(catalog.TELEMETRY_DROPPED_TOTAL.name)
         self.count_dropped_spans = dropped["spans"].inc
@@ -101,23 +101,23 @@ class Telemetry:
         self._hook_failures.warning("telemetry hook %s failed: %r", hook, exc)
 
     # connection lifecycle
-    def connection_opened(self, namespace: str) -> None:
+    def connection_opened(self, namespace: str, transport: str = "websocket") -> None:
         try:
-            self._accepted(1)
-            self._active[namespace](1)
+            self._connections[transport]["accepted"](1)
+            self._active[transport][namespace](1)
         except Exception as exc:
             self._failed("connection_opened", exc)
 
-    def connection_rejected(self, status: str) -> None:
+    def connection_rejected(self, status: str, transport: str = "websocket") -> None:
         try:
-            self._connections[status](1)
+            self._connections[transport][status](1)
         except Exception as exc:
             self._failed("connection_rejected", exc)
 
-    def connection_closed(self, namespace: str, code: int) -> None:
+    def connection_closed(self, namespace: str, code: int, transport: str = "websocket") -> None:
         try:
-            self._active[namespace](-1)
-            self._disconnections[code](1)
+            self._active[transport][namespace](-1)
+            self._disconnections[transport][code](1)
         except Exception as exc:
             self._failed("connection_closed", exc)
 
@@ -153,18 +153,18 @@ class Telemetry:
         except Exception as exc:
             self._failed("message_handled", exc)
 
-    def messages_sent(self, type: str, recipients: int, size: int) -> None:  # noqa: A002
+    def messages_sent(self, type: str, recipients: int, size: int, transport: str = "websocket") -> None:  # noqa: A002
         try:
             if recipients > 0:
-                self._sent[type](recipients)
+                self._sent[transport][type](recipients)
                 self._size_out(size, recipients)
         except Exception as exc:
             self._failed("messages_sent", exc)
 
-    def fanout(self, recipients: int) -> None:
+    def fanout(self, recipients: int, transport: str = "websocket") -> None:
         try:
             if recipients > 0:
-                self._fanout_inc(recipients)
+                self._fanout_inc[transport](recipients)
         except Exception as exc:
             self._failed("fanout", exc)
 

@@ -15,7 +15,7 @@ from typing import Callable, Iterable
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.exposition import choose_encoder
 
-from exporter.catalog import CATALOG, Metric
+from exporter.catalog import CATALOG, TRANSPORTS, Metric
 
 # Bounded label values: an unknown value maps to the fallback where the catalog has one.
 FALLBACK_VALUES = {"type": "other", "status": "error", "reason": "internal"}
@@ -41,22 +41,28 @@ class _Registry(CollectorRegistry):
 
 
 class Children(dict):
-    """Label value -> child, for a metric with one label.
+    """Label value -> child, for a metric's first label; its other labels (if any) are fixed.
 
     A hit is a plain dict lookup (no Python frame). A miss resolves the child once: a declared
     value or one under the cap is stored; an unknown value of a closed label uses the
-    fallback child; past the cap, the overflow child.
+    fallback child; past the cap, the overflow child. ``fixed`` gives the values of the labels
+    after the first (e.g. ``transport``): one ``Children`` per combination of those.
     """
 
-    def __init__(self, family, metric: Metric, wrap: Callable = lambda child: child) -> None:
+    def __init__(self, family, metric: Metric, wrap: Callable = lambda child: child,
+                 fixed: dict[str, str] | None = None) -> None:
         super().__init__()
-        (self._label,) = metric.labels
+        self._label, *rest = metric.labels
+        fixed = dict(fixed or {})
+        if set(rest) != set(fixed):
+            raise ValueError(f"{metric.name}: give a value for each of {rest} (got {sorted(fixed)})")
+        self._fixed = tuple(fixed[label] for label in rest)
         self._family = family
         self._wrap = wrap
         self._declared = frozenset(metric.label_values.get(self._label, ()))
         self._fallback = FALLBACK_VALUES.get(self._label) if self._declared else None
         for value in metric.precreated(self._label):
-            self[value] = wrap(family.labels(value))
+            self[value] = wrap(family.labels(value, *self._fixed))
         # Pre-created values of an open label (the normal close code) do not use up its cap.
         self._open_base = 0 if self._declared else len(self)
 
@@ -64,19 +70,19 @@ class Children(dict):
         value = str(key)
         if value in self._declared:
             # Declared but not pre-created: its series appears with its first use.
-            child = self[value] if value in self else self._wrap(self._family.labels(value))
+            child = self[value] if value in self else self._wrap(self._family.labels(value, *self._fixed))
         elif self._fallback is not None:
             child = self[self._fallback]
         elif len(self) >= self._open_base + MAX_OPEN_LABEL_VALUES:
             return self[OVERFLOW_VALUE] if OVERFLOW_VALUE in self else self._overflow()
         else:
-            child = self._wrap(self._family.labels(value))
+            child = self._wrap(self._family.labels(value, *self._fixed))
         if len(self) < len(self._declared) + self._open_base + MAX_OPEN_LABEL_VALUES:
             self[key] = child  # keyed as the caller passes it (an int close code stays an int)
         return child
 
     def _overflow(self):
-        child = self._wrap(self._family.labels(OVERFLOW_VALUE))
+        child = self._wrap(self._family.labels(OVERFLOW_VALUE, *self._fixed))
         dict.__setitem__(self, OVERFLOW_VALUE, child)
         return child
 
@@ -109,6 +115,25 @@ class WeightedObserver:
         self.child.observe(amount, exemplar)
 
 
+class PerTransport(dict):
+    """Transport -> Children; the catalog's transports are resolved up front (so their series
+    exist from the first scrape), another one on first use, within the open-label cap."""
+
+    def __init__(self, make: Callable[[str], Children]) -> None:
+        super().__init__()
+        self._make = make
+        for transport in TRANSPORTS:
+            self[transport] = make(transport)
+
+    def __missing__(self, transport):
+        value = str(transport)
+        if len(self) >= MAX_OPEN_LABEL_VALUES:
+            value = OVERFLOW_VALUE
+        child = self.get(value) or self._make(value)
+        self[value] = child
+        return child
+
+
 def incrementer(child) -> Callable[[float], None]:
     """The child's value ``inc``: a counter or gauge increment without ``Counter.inc``'s two
     extra Python frames (its checks are for the parent metric and negative counter steps,
@@ -133,13 +158,17 @@ class Metrics:
         self.families = {m.name: declare(m, self.registry) for m in catalog}
         self._catalog = {m.name: m for m in catalog}
 
-    def children(self, name: str) -> Children:
-        """Cached children of a one-label counter or gauge."""
-        return Children(self.families[name], self._catalog[name])
+    def children(self, name: str, **fixed: str) -> Children:
+        """Cached children of a counter or gauge by its first label (``fixed``: the others)."""
+        return Children(self.families[name], self._catalog[name], fixed=fixed)
 
-    def incrementers(self, name: str) -> Children:
-        """Cached ``inc(amount)`` callables of a one-label counter or gauge (see ``incrementer``)."""
-        return Children(self.families[name], self._catalog[name], incrementer)
+    def incrementers(self, name: str, **fixed: str) -> Children:
+        """Cached ``inc(amount)`` callables of a counter or gauge by its first label (see ``incrementer``)."""
+        return Children(self.families[name], self._catalog[name], incrementer, fixed)
+
+    def per_transport(self, name: str, make: str = "incrementers") -> "PerTransport":
+        """``[transport][value]``: the ``incrementers`` (or ``children``) of a metric with a transport label."""
+        return PerTransport(lambda transport: getattr(self, make)(name, transport=transport))
 
     def observers(self, name: str) -> Children:
         """Cached weighted observers of a one-label histogram."""

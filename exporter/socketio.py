@@ -89,6 +89,11 @@ def _carrier(args) -> Mapping[str, str] | None:
     return None
 
 
+# The catalog's transport label of every Socket.IO connection and delivery (whichever Engine.IO
+# transport, WebSocket or long-polling, carries it), so dashboards split by transport show it apart.
+TRANSPORT = "socketio"
+
+
 class _Children(dict):
     """Label value -> child of one family, resolved once. Callers pass bounded values only."""
 
@@ -204,7 +209,7 @@ class SocketIOInstrumentation:
     def count_sent(self, label: str, recipients: int, size: int) -> None:
         try:
             if recipients > 0:
-                self._sent[label](recipients)
+                self._sent[(label, TRANSPORT)](recipients)
                 self._size_out(size, recipients)
         except Exception as exc:
             self._failed("count_sent", exc)
@@ -237,7 +242,7 @@ class SocketIOInstrumentation:
             return
         code = DISCONNECT_CODES.get(reason, ABNORMAL_CODE)
         reason_label = reason.replace(" ", "_") if reason in DISCONNECT_CODES else OTHER
-        self.telemetry.connection_closed(label, code)
+        self.telemetry.connection_closed(label, code, transport=TRANSPORT)
         try:
             self._reasons[(label, reason_label)](1)
         except Exception as exc:
@@ -345,11 +350,11 @@ class SocketIOInstrumentation:
                 finally:
                     span.set_attribute("socketio.connect.status", status)
                     if status == "accepted":
-                        telemetry.connection_opened(label)
+                        telemetry.connection_opened(label, transport=TRANSPORT)
                         self.logger.info("socket.io connect to %s accepted", namespace,
                                          extra={"socketio_namespace": namespace, "socketio_sid": sid})
                     else:
-                        telemetry.connection_rejected(status)
+                        telemetry.connection_rejected(status, transport=TRANSPORT)
                         self.logger.info("socket.io connect to %s refused: %s", namespace, status,
                                          extra={"socketio_namespace": namespace, "status": status})
                     self.observe_duration("connect", time.perf_counter() - started, span)
@@ -458,7 +463,7 @@ class SocketIOInstrumentation:
         self.count_sent(label, recipients, self.event_size(namespace, event, args))
         if not fanout:
             return await call()
-        self.telemetry.fanout(recipients)
+        self.telemetry.fanout(recipients, transport=TRANSPORT)
         if self.telemetry.tracing is None:
             return await call()
         attributes = {"messaging.system": "socketio", "messaging.operation": "publish", "socketio.namespace": namespace,

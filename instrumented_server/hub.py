@@ -46,7 +46,8 @@ from instrumented_server.protocol import (
     text_frame,
 )
 from instrumented_server.ratelimit import KeyedBuckets, TokenBucket
-from instrumented_server.session import Peer, Session, Subscription
+from instrumented_server.session import SSE, WEBSOCKET, Peer, Session, Subscription
+from instrumented_server.sse import SseDelivery, data_event
 
 log = logging.getLogger("instrumented_server.hub")
 
@@ -66,20 +67,32 @@ def namespace_label(namespace: str) -> str:
 class ChannelState:
     """This process's view of one channel: its live subscribers and those still catching up."""
 
-    __slots__ = ("subscribers", "recovering", "_snapshot", "last_offset", "epoch")
+    __slots__ = ("subscribers", "recovering", "_snapshot", "_sse_snapshot", "last_offset", "epoch")
 
     def __init__(self) -> None:
         self.subscribers: dict[Session, None] = {}  # insertion-ordered set
         self.recovering: dict[Session, list[Publication]] = {}  # live publications held back
         self._snapshot: tuple[Session, ...] | None = None
+        self._sse_snapshot: tuple[Session, ...] = ()
         self.last_offset: int | None = None  # last publication fanned out live, to drop redeliveries
         self.epoch: str | None = None
 
     def snapshot(self) -> tuple[Session, ...]:
-        """The subscribers as a tuple, rebuilt only when membership changed."""
+        """The WebSocket subscribers as a tuple, rebuilt only when membership changed."""
         if self._snapshot is None:
-            self._snapshot = tuple(self.subscribers)
-        return self._snapshot
+            self._split()
+        return self._snapshot  # type: ignore[return-value]
+
+    def sse_snapshot(self) -> tuple[Session, ...]:
+        """The SSE subscribers (encoded differently, so fanned out separately)."""
+        if self._snapshot is None:
+            self._split()
+        return self._sse_snapshot
+
+    def _split(self) -> None:
+        sessions = tuple(self.subscribers)
+        self._snapshot = tuple(s for s in sessions if s.transport != SSE)
+        self._sse_snapshot = tuple(s for s in sessions if s.transport == SSE)
 
     def add(self, session: Session) -> None:
         self.subscribers[session] = None
@@ -159,11 +172,12 @@ class Hub:
 
     # ------------------------------------------------------------------ sessions
 
-    def open_session(self, peer: Peer, identity: Identity, ip: str) -> Session:
-        session = Session(self.new_id(), peer, ip, identity, TokenBucket(self.config.message_rate, self.monotonic()))
+    def open_session(self, peer: Peer, identity: Identity, ip: str, transport: str = WEBSOCKET) -> Session:
+        session = Session(self.new_id(), peer, ip, identity, TokenBucket(self.config.message_rate, self.monotonic()),
+                          transport)
         self.sessions[session.id] = session
         self._ip_messages.acquire(ip)
-        self.telemetry.connection_opened(CONNECTION_NAMESPACE)
+        self.telemetry.connection_opened(CONNECTION_NAMESPACE, transport)
         self._event(session, "connected", {
             "client": session.id, "user": identity.user, "expires_at": identity.expires_at,
             "ping_interval": self.config.ping_interval,
@@ -184,7 +198,8 @@ class Hub:
         for name, sub in list(session.subscriptions.items()):
             await self._drop_subscription(session, sub)
         session.subscriptions.clear()
-        self.telemetry.connection_closed(CONNECTION_NAMESPACE, int(session.close_code or CloseCode.ABNORMAL))
+        self.telemetry.connection_closed(CONNECTION_NAMESPACE, int(session.close_code or CloseCode.ABNORMAL),
+                                         session.transport)
 
     def close(self, session: Session, code: int, reason: str | None = None) -> None:
         """Start closing ``session`` with ``code``; what is already queued for it is written first."""
@@ -303,6 +318,12 @@ class Hub:
             elif was_suspended and not sub.live:
                 await self._start_subscription(session, sub, sub.resume, None)
 
+    async def subscribe(self, session: Session, channel: str, recover: Recover | None) -> bool:
+        """Subscribe without a client command (an SSE stream's channels); True once it is live."""
+        await self._subscribe(session, Command("subscribe", None, channel=channel, recover=recover))
+        sub = session.subscriptions.get(channel)
+        return sub is not None and sub.live
+
     async def _subscribe(self, session: Session, command: Command) -> None:
         name = command.channel
         assert name is not None
@@ -382,7 +403,12 @@ class Hub:
             if recover is not None:
                 payload["recovered"] = recovered
                 payload["replayed"] = len(replay)
-            self._event(session, "ack", payload, correlation_id)
+            if session.transport == SSE:
+                # The ack sets the stream's position for this channel (its Last-Event-ID part).
+                body = self._event_bytes("ack", payload, correlation_id)
+                self._send_item(session, SseDelivery(name, last, result.epoch, data_event(body)), "ack")
+            else:
+                self._event(session, "ack", payload, correlation_id)
         if recover is not None:
             self.telemetry.reconnect("replayed" if recovered else "resync")
             if not recovered:
@@ -575,6 +601,11 @@ class Hub:
         if not session.identity.expired(self.wall()):
             self._schedule_expiry(session)  # refreshed meanwhile, or the timer fired early
             return
+        if session.transport == SSE:
+            # A stream cannot send a new token: end it; the client reconnects with a fresh one
+            # (cookie or header) and its Last-Event-ID, and loses nothing.
+            self.close(session, CloseCode.TOKEN_EXPIRED)
+            return
         session.suspended = True
         for name, sub in session.subscriptions.items():
             state = self.channels.get(name)
@@ -634,24 +665,39 @@ class Hub:
                                                   "offset": pub.offset - 1, "reason": "epoch changed"})
             state.last_offset, state.epoch = pub.offset, pub.epoch
         sessions = state.snapshot()
-        if not sessions:
+        sse_sessions = state.sse_snapshot()
+        if not sessions and not sse_sessions:
             return
         telemetry = self.telemetry
-        frame = text_frame(encode_message(pub.channel, pub.offset, pub.epoch, pub.data, pub.metadata,
-                                          milliseconds(pub.published_at)))
+        message = encode_message(pub.channel, pub.offset, pub.epoch, pub.data, pub.metadata,
+                                 milliseconds(pub.published_at))
+        frame = text_frame(message)
+        # SSE subscribers share one event body too; their id line (all of a stream's positions)
+        # is added by each stream's peer when it writes.
+        event: SseDelivery | bytes | None = None
+        if sse_sessions:  # a local-only copy (offset 0) is in no history: it moves no position
+            event = (SseDelivery(pub.channel, pub.offset, pub.epoch, data_event(message))
+                     if pub.offset != LOCAL_ONLY_OFFSET else data_event(message))
         if telemetry.enabled:
             with telemetry.span("ws.deliver", {"messaging.destination.name": pub.channel, "messaging.message.id":
                                                pub.metadata.get("message_id", "")},
                                 parent=pub.metadata, kind="consumer") as span:
                 recipients = self._fanout(sessions, frame)
-                span.set_attribute("messaging.batch.message_count", recipients)
+                sse_recipients = self._fanout(sse_sessions, event) if event is not None else 0
+                span.set_attribute("messaging.batch.message_count", recipients + sse_recipients)
+                if event is not None:
+                    span.set_attribute("ws.sse_recipients", sse_recipients)
         else:
             recipients = self._fanout(sessions, frame)
+            sse_recipients = self._fanout(sse_sessions, event) if event is not None else 0
         telemetry.fanout(recipients)
         telemetry.messages_sent("message", recipients, len(frame))
+        if event is not None:
+            telemetry.fanout(sse_recipients, SSE)
+            telemetry.messages_sent("message", sse_recipients, len(event), SSE)
         telemetry.broker_lag(self.broker.name, max(0.0, self.wall() - pub.published_at))
 
-    def _fanout(self, sessions: tuple[Session, ...], frame: bytes) -> int:
+    def _fanout(self, sessions: tuple[Session, ...], frame: bytes | SseDelivery) -> int:
         # The hot loop: one list append per recipient, no call, no allocation.
         dirty = self._dirty
         recipients = 0
@@ -699,24 +745,33 @@ class Hub:
             self.close(session, CloseCode.SLOW_CONSUMER)
 
     def _send(self, session: Session, payload: bytes, label: str) -> None:
+        if session.open:
+            self._send_item(session, data_event(payload) if session.transport == SSE else text_frame(payload), label)
+
+    def _send_item(self, session: Session, item: bytes | SseDelivery, label: str) -> None:
         if not session.open:
             return
-        frame = text_frame(payload)
         if not session.outbox:
             self._dirty.append(session)
-        session.outbox.append(frame)
+        session.outbox.append(item)
         if not self._flush_scheduled:
             self._schedule_flush()
-        self.telemetry.messages_sent(label, 1, len(frame))
+        self.telemetry.messages_sent(label, 1, len(item), session.transport)
 
     def _send_publication(self, session: Session, pub: Publication) -> None:
-        self._send(session, encode_message(pub.channel, pub.offset, pub.epoch, pub.data, pub.metadata,
-                                           milliseconds(pub.published_at)), "message")
+        message = encode_message(pub.channel, pub.offset, pub.epoch, pub.data, pub.metadata,
+                                 milliseconds(pub.published_at))
+        if session.transport == SSE and pub.offset != LOCAL_ONLY_OFFSET:
+            self._send_item(session, SseDelivery(pub.channel, pub.offset, pub.epoch, data_event(message)), "message")
+        else:
+            self._send(session, message, "message")
+
+    def _event_bytes(self, type_: str, payload: dict[str, Any], correlation_id: str | None = None) -> bytes:
+        return encode_event(type_, payload, message_id=self.new_id(), timestamp_ms=milliseconds(self.wall()),
+                            correlation_id=correlation_id)
 
     def _event(self, session: Session, type_: str, payload: dict[str, Any], correlation_id: str | None = None) -> None:
-        self._send(session, encode_event(type_, payload, message_id=self.new_id(),
-                                         timestamp_ms=milliseconds(self.wall()), correlation_id=correlation_id),
-                   EVENT_LABEL[type_])
+        self._send(session, self._event_bytes(type_, payload, correlation_id), EVENT_LABEL[type_])
 
     def _ack(self, session: Session, command: Command, payload: dict[str, Any]) -> None:
         self._event(session, "ack", payload, command.message_id)
@@ -728,6 +783,11 @@ class Hub:
 
     def _broadcast(self, state: ChannelState, type_: str, payload: dict[str, Any]) -> None:
         """A server event (join, leave) to this process's live subscribers of one channel."""
-        frame = text_frame(encode_event(type_, payload, message_id=self.new_id(), timestamp_ms=milliseconds(self.wall())))
+        body = encode_event(type_, payload, message_id=self.new_id(), timestamp_ms=milliseconds(self.wall()))
+        frame = text_frame(body)
         recipients = self._fanout(state.snapshot(), frame)
         self.telemetry.messages_sent(EVENT_LABEL[type_], recipients, len(frame))
+        sse_sessions = state.sse_snapshot()
+        if sse_sessions:
+            event = data_event(body)
+            self.telemetry.messages_sent(EVENT_LABEL[type_], self._fanout(sse_sessions, event), len(event), SSE)

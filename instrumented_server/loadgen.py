@@ -1,6 +1,8 @@
 """``python -m instrumented_server.loadgen``: traffic, and faults on purpose, against the server.
 
-Opens ``--subscribers`` connections spread over ``--channels`` channels, publishes ``--rate``
+Opens ``--subscribers`` WebSocket connections and ``--sse-subscribers`` Server-Sent Events
+streams (``GET /sse``, resuming with ``Last-Event-ID`` after a drop as EventSource does) spread
+over ``--channels`` channels, publishes ``--rate``
 messages per second from ``--publishers`` connections for ``--duration`` seconds, and injects the
 faults named with ``--fault NAME[=PER_SECOND]`` so that every alert of the built-in pack can be
 made to fire. Tokens are minted from the server's own secret file (``--jwt-secret-file``).
@@ -36,6 +38,7 @@ from instrumented_server.auth import Authenticator
 from instrumented_server.client import AuthenticationFailed, Backoff, Client, ClientError
 from instrumented_server.config import ConfigError, read_secret_file
 from instrumented_server.protocol import encode_command
+from instrumented_server.sse_client import SseClient, SseRefused
 
 # ------------------------------------------------------------------------------------- settings
 
@@ -45,6 +48,7 @@ class LoadConfig:
     url: str = "ws://127.0.0.1:8765/"
     secret: str = ""
     subscribers: int = 50
+    sse_subscribers: int = 0  # SSE streams, on the same channels as the WebSocket subscribers
     publishers: int = 0  # 0: one per 50 messages/s, so no publisher trips the default rate limit
     channels: int = 5
     rate: float = 50.0  # publishes per second, all publishers together
@@ -131,6 +135,7 @@ class Stats:
     resyncs: int = 0
     reconnects: int = 0
     connections: int = 0
+    sse_connections: int = 0
     errors: Counter = field(default_factory=Counter)  # error code -> count
     closes: Counter = field(default_factory=Counter)  # close code -> count
     faults: Counter = field(default_factory=Counter)  # "fault -> outcome" -> count
@@ -142,7 +147,7 @@ class Stats:
 
     def merge(self, other: "Stats") -> None:
         for name in ("published", "publish_failed", "expected", "delivered", "duplicates", "out_of_order",
-                     "resyncs", "reconnects", "connections", "cpu_seconds"):
+                     "resyncs", "reconnects", "connections", "sse_connections", "cpu_seconds"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
         self.wall_seconds = max(self.wall_seconds, other.wall_seconds)
         self.connect_seconds = max(self.connect_seconds, other.connect_seconds)
@@ -185,6 +190,8 @@ class Run:
         self.stats = Stats()
         self.subscribers_per_channel: Counter[str] = Counter()
         self.clients: list[Client] = []
+        self.sse_streams: set[SseClient] = set()
+        self.sse_tasks: list[asyncio.Task[None]] = []
         self.stop = asyncio.Event()
         self.rng = random.Random(worker)
 
@@ -199,15 +206,17 @@ class Run:
     async def start_subscribers(self) -> None:
         config = self.config
         mine = [i for i in range(config.subscribers) if i % self.workers == self.worker]
+        mine_sse = [i for i in range(config.sse_subscribers) if i % self.workers == self.worker]
         interval = 1.0 / config.connect_rate if config.connect_rate > 0 else 0.0
         starts = []
-        for i in mine:
-            starts.append(asyncio.ensure_future(self._start_subscriber(i)))
+        for start, i in [(self._start_subscriber, i) for i in mine] + [(self._start_sse_subscriber, i) for i in mine_sse]:
+            starts.append(asyncio.ensure_future(start(i)))
             if interval:
                 await asyncio.sleep(interval)
         await asyncio.gather(*starts)
         # Every subscriber of every worker, so each worker's publishes expect the deliveries on all.
         self.subscribers_per_channel = Counter(self.channel(i) for i in range(config.subscribers))
+        self.subscribers_per_channel.update(self.channel(i) for i in range(config.sse_subscribers))
 
     async def _start_subscriber(self, index: int) -> None:
         client = Client(self.config.url, self.token(f"load-sub-{index}"), backoff=Backoff(initial=0.1, cap=2.0),
@@ -222,6 +231,60 @@ class Run:
             return
         self.stats.connections += 1
         self.clients.append(client)
+
+    async def _start_sse_subscriber(self, index: int) -> None:
+        ready: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.sse_tasks.append(asyncio.ensure_future(self._sse_loop(index, ready)))
+        try:
+            await asyncio.wait_for(asyncio.shield(ready), 15.0)
+        except Exception as exc:
+            self.stats.errors[str(exc) if isinstance(exc, SseRefused) else type(exc).__name__] += 1
+            return
+        self.stats.sse_connections += 1
+
+    async def _sse_loop(self, index: int, ready: asyncio.Future[None]) -> None:
+        """One SSE subscriber, as a browser's EventSource behaves: on a drop, reconnect with the
+        last event id (after the server's retry delay, shortened here), refused for good on 4xx."""
+        host, port = _host_port(self.config.url)
+        channel, on_event, last_id = self.channel(index), self._delivery_counter(), ""
+        backoff = Backoff(initial=0.1, cap=2.0)
+        attempt = 0
+        while not self.stop.is_set():
+            try:
+                stream = await SseClient.open(host, port, [channel], token=self.token(f"load-sse-{index}"),
+                                              last_event_id=last_id or None, timeout=15.0)
+            except SseRefused as exc:
+                self.stats.errors[f"sse http {exc.status}"] += 1
+                if 400 <= exc.status < 500 and exc.status != 429:
+                    if not ready.done():
+                        ready.set_exception(exc)
+                    return
+                stream = None
+            except (OSError, asyncio.TimeoutError) as exc:
+                self.stats.errors[type(exc).__name__] += 1
+                stream = None
+            if stream is not None:
+                attempt = 0
+                self.sse_streams.add(stream)
+                try:
+                    while (event := await stream.next(None)) is not None:
+                        envelope = event.json()
+                        if envelope["type"] == "ack" and not ready.done():
+                            ready.set_result(None)
+                        elif envelope["type"] == "close":
+                            self.stats.closes[envelope["payload"]["code"]] += 1
+                        on_event(envelope)
+                except (OSError, ValueError, KeyError):
+                    pass
+                finally:
+                    last_id = stream.last_event_id
+                    stream.close()
+                    self.sse_streams.discard(stream)
+            if self.stop.is_set():
+                return
+            self.stats.reconnects += 1
+            attempt += 1
+            await asyncio.sleep(backoff.delay(attempt))
 
     def _delivery_counter(self) -> Callable[[dict[str, Any]], None]:
         """One subscriber's event callback: latency, deliveries, and an order check per channel."""
@@ -371,10 +434,14 @@ class Run:
             return f"close {connection.close_code}"
 
     async def fault_disconnect(self) -> str:
-        live = [c for c in self.clients if c.connected and c.positions]
+        live: list[Any] = [c for c in self.clients if c.connected and c.positions] + sorted(
+            self.sse_streams, key=id)
         if not live:
             return "no subscriber to drop"
         client = self.rng.choice(live)
+        if isinstance(client, SseClient):
+            client.reset()  # its loop reconnects with Last-Event-ID
+            return "reset"
         connection = client._connection
         if connection is None:
             return "no subscriber to drop"
@@ -502,6 +569,10 @@ class Run:
             for code, count in client.stats.close_codes.items():
                 self.stats.closes[code] += count
         await asyncio.gather(*(c.close() for c in self.clients), return_exceptions=True)
+        for stream in list(self.sse_streams):
+            stream.close()
+        if self.sse_tasks:
+            await asyncio.wait(self.sse_tasks, timeout=15)
         return self.stats
 
 
@@ -570,10 +641,14 @@ def summary(config: LoadConfig, stats: Stats) -> str:
     cores = os.cpu_count() or 1
     busiest = max(stats.worker_cpu or [0.0]) / stats.wall_seconds if stats.wall_seconds else 0.0
     rows = [
-        ("target", f"{config.url}  ({config.subscribers} subscribers on {config.channels} channels, "
+        ("target", f"{config.url}  ({config.subscribers} subscribers"
+                   + (f" + {config.sse_subscribers} SSE" if config.sse_subscribers else "")
+                   + f" on {config.channels} channels, "
                    f"{config.publisher_count} publishers, {config.rate:g} msg/s for {config.duration:g} s, "
                    f"{config.processes} process(es))"),
-        ("connections", f"{stats.connections} subscribers connected in {stats.connect_seconds:.1f} s, "
+        ("connections", f"{stats.connections} subscribers"
+                        + (f" and {stats.sse_connections} SSE streams" if config.sse_subscribers else "")
+                        + f" connected in {stats.connect_seconds:.1f} s, "
                         f"{stats.reconnects} reconnects"),
         ("published", f"{stats.published} acknowledged, {stats.publish_failed} refused"),
         ("delivered", f"{stats.delivered} of {stats.expected} expected  (missing {stats.missing}, "
@@ -611,6 +686,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--jwt-secret-file", default=os.environ.get("OBSGEN_JWT_SECRET_FILE"),
                         help="the server's HS256 secret file, to mint tokens [OBSGEN_JWT_SECRET_FILE]")
     parser.add_argument("--subscribers", type=int, default=d.subscribers, help=f"subscriber connections (default {d.subscribers})")
+    parser.add_argument("--sse-subscribers", type=int, default=d.sse_subscribers,
+                        help="Server-Sent Events streams (GET /sse on the same host and port), on the same channels "
+                             f"(default {d.sse_subscribers})")
     parser.add_argument("--publishers", type=int, default=d.publishers,
                         help="publisher connections (default: one per 50 msg/s)")
     parser.add_argument("--channels", type=int, default=d.channels, help=f"channels (default {d.channels})")
@@ -656,14 +734,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise ConfigError("--jwt-secret-file (or OBSGEN_JWT_SECRET_FILE) is required to mint tokens")
         secret = read_secret_file(args.jwt_secret_file)
         faults = parse_faults(args.fault)
-        for name in ("subscribers", "channels", "processes"):
-            if getattr(args, name) < (0 if name == "subscribers" else 1):
-                raise ValueError(f"--{name} must be at least {0 if name == 'subscribers' else 1}")
+        for name in ("subscribers", "sse_subscribers", "channels", "processes"):
+            minimum = 0 if name.endswith("subscribers") else 1
+            if getattr(args, name) < minimum:
+                raise ValueError(f"--{name.replace('_', '-')} must be at least {minimum}")
     except (ConfigError, ValueError) as exc:
         print(f"loadgen: {exc}", file=sys.stderr)
         return 2
     config = LoadConfig(
-        url=args.url, secret=secret, subscribers=args.subscribers, publishers=args.publishers, channels=args.channels,
+        url=args.url, secret=secret, subscribers=args.subscribers, sse_subscribers=args.sse_subscribers,
+        publishers=args.publishers, channels=args.channels,
         rate=args.rate, duration=args.duration, message_size=args.message_size, connect_rate=args.connect_rate,
         channel_prefix=args.channel_prefix, faults=faults, surge_size=args.surge_size,
         oversize_bytes=args.oversize_bytes, huge_frame_bytes=args.huge_frame_bytes, settle=args.settle,

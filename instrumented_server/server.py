@@ -10,6 +10,9 @@ module moves bytes between them and the ``websockets`` asyncio server:
 - ``WebSocketPeer`` writes the hub's pre-framed bytes straight to the transport, one write per
   connection per tick, falling back to per-connection framing when an extension (compression)
   forbids sharing bytes.
+- ``GET /sse`` (Server-Sent Events) passes the same checks (limits, origin, token from header
+  or cookie), then each channel's subscribe permission; ``HubConnection.handshake`` hands the
+  accepted connection over to ``sse_transport`` (websockets cannot stream a response body).
 """
 
 from __future__ import annotations
@@ -30,9 +33,20 @@ from exporter.hooks import NoopTelemetry
 from instrumented_server.auth import AuthError, Authenticator, Identity, origin_allowed, token_from_headers
 from instrumented_server.broker.base import Broker
 from instrumented_server.config import ServerConfig
-from instrumented_server.hub import Hub
-from instrumented_server.protocol import CLOSE_REASONS, CloseCode, frame_payload
+from instrumented_server.hub import Hub, channel_info
+from instrumented_server.protocol import CLOSE_REASONS, ERROR_REASON, CloseCode, ErrorCode, frame_payload
 from instrumented_server.ratelimit import KeyedBuckets
+from instrumented_server.session import SSE
+from instrumented_server.sse import (
+    HEARTBEAT,
+    SSE_PATH,
+    StreamRequest,
+    StreamRequestError,
+    parse_stream_request,
+    stream_head,
+    url_has_token,
+)
+from instrumented_server.sse_transport import RELEASED, SsePeer, SseStream, close_code
 
 log = logging.getLogger("instrumented_server.server")
 
@@ -52,6 +66,21 @@ class HubConnection(ServerConnection):
     # Set by the handler once the session exists: called when the write buffer passes the limit.
     on_overflow: Callable[[], None] | None = None
     max_buffer: int = 0
+    # Set by the server: answers GET /sse with a refusal, or None once it took the connection over.
+    sse_request: Callable[["HubConnection", Request], Response | None] | None = None
+
+    async def handshake(self, process_request: Any = None, process_response: Any = None,
+                        server_header: Any = None) -> None:
+        await asyncio.wait([self.request_rcvd, self.connection_lost_waiter], return_when=asyncio.FIRST_COMPLETED)
+        request = self.request
+        if request is not None and self.sse_request is not None and request.path.partition("?")[0] == SSE_PATH:
+            refusal = self.sse_request(self, request)
+            if refusal is None:
+                # The transport now belongs to the SSE stream; websockets "aborts" what it keeps.
+                self.transport = RELEASED  # type: ignore[assignment]
+                return
+            process_request = lambda connection, request: refusal  # noqa: E731 - websockets writes it and closes
+        await super().handshake(process_request, process_response, server_header)
 
     def data_received(self, data: bytes) -> None:
         super().data_received(data)
@@ -138,6 +167,7 @@ class PubSubServer:
         self.hub = Hub(broker, config, authenticator=self.authenticator, telemetry=self.telemetry)
         # Per IP: a bucket of connection attempts, and (as its holders) the open connections.
         self._per_ip = KeyedBuckets(config.ip_connect_rate)
+        self._streams: set[asyncio.Task[None]] = set()  # open SSE streams
         self._server: Server | None = None
         self.started = False
 
@@ -151,7 +181,7 @@ class PubSubServer:
             config.host,
             config.port,
             process_request=self._process_request,
-            create_connection=HubConnection,
+            create_connection=self._new_connection,
             compression=config.compression,
             max_size=config.max_frame_size,
             ping_interval=config.ping_interval,
@@ -185,6 +215,10 @@ class PubSubServer:
             await asyncio.wait_for(self._server.wait_closed(), self.config.drain_timeout + self.config.close_timeout)
         except asyncio.TimeoutError:
             log.warning("connections still open after the drain timeout; stopping anyway")
+        if self._streams:  # SSE streams were told to reconnect by hub.drain(); wait for them to end
+            _, pending = await asyncio.wait(set(self._streams), timeout=self.config.close_timeout + 1.0)
+            for task in pending:
+                task.cancel()
         await self.hub.stop()
         self._server = None
 
@@ -196,6 +230,11 @@ class PubSubServer:
         await self.shutdown()
 
     # ------------------------------------------------------------------ upgrade
+
+    def _new_connection(self, *args: Any, **kwargs: Any) -> HubConnection:
+        connection = HubConnection(*args, **kwargs)
+        connection.sse_request = self._sse_request
+        return connection
 
     def _process_request(self, connection: HubConnection, request: Request) -> Response | None:
         path = request.path.partition("?")[0]
@@ -262,6 +301,92 @@ class PubSubServer:
             self._per_ip.release(ip)
             code = session.close_code or _close_code(connection, self.telemetry)
             await hub.close_session(session, code)
+
+
+    # ------------------------------------------------------------------ SSE
+
+    def _sse_request(self, connection: HubConnection, request: Request) -> Response | None:
+        """The checks of an upgrade, in the same order, answered with HTTP statuses (a stream can
+        read them, unlike a WebSocket); None once the connection was taken over as a stream."""
+        telemetry = self.telemetry
+        if self.hub.draining:
+            return _text(503, "Service Unavailable", "draining: connect to another instance\n", {"Retry-After": "1"})
+        ip = _ip(connection)
+        if not self._per_ip.take(ip, time.monotonic()) or (
+                self.config.max_connections_per_ip and self._per_ip.holders(ip) >= self.config.max_connections_per_ip):
+            telemetry.rate_limited("ip")
+            telemetry.connection_rejected("rate_limited", SSE)
+            return _text(429, "Too Many Requests", "too many connections from this address\n", {"Retry-After": "1"})
+        origin = request.headers.get("Origin")
+        if not origin_allowed(origin, self.config.allowed_origins):
+            telemetry.connection_rejected("origin_denied", SSE)
+            return _text(403, "Forbidden", "origin not allowed\n")
+        query = request.path.partition("?")[2]
+        try:
+            identity = self.authenticator.verify(token_from_headers(request.headers, self.config.auth_cookie))
+        except AuthError as exc:
+            telemetry.connection_rejected(REJECTED_STATUS.get(exc.code, "error"), SSE)
+            hint = " (a token in the URL is never read)" if url_has_token(query) else ""
+            return _text(401, "Unauthorized", f"{exc.reason}{hint}\n", {"WWW-Authenticate": "Bearer"})
+        try:
+            stream_request = parse_stream_request(query, request.headers.get("Last-Event-ID"),
+                                                  self.config.max_subscriptions)
+        except StreamRequestError as exc:
+            telemetry.connection_rejected("error", SSE)
+            return _text(400, "Bad Request", f"{exc}\n")
+        for name in stream_request.channels:
+            denied = self.hub.permissions.check("subscribe", channel_info(name), identity.user, identity.grants, False)
+            if denied is not None:
+                telemetry.error(ERROR_REASON[denied])
+                telemetry.connection_rejected("error", SSE)
+                what = (f"unknown namespace in {name!r}" if denied is ErrorCode.UNKNOWN_NAMESPACE
+                        else f"subscribe is not allowed on {name}")
+                return _text(403, "Forbidden", f"{denied.value}: {what}\n")
+
+        transport = connection.transport
+        stream = SseStream(transport)
+        transport.set_protocol(stream)
+        cors = {"Access-Control-Allow-Origin": origin, "Access-Control-Allow-Credentials": "true",
+                "Vary": "Origin"} if origin is not None else {}
+        transport.write(stream_head(cors))
+        self._per_ip.acquire(ip)
+        task = asyncio.ensure_future(self._serve_stream(stream, stream_request, identity, ip))
+        self._streams.add(task)
+        task.add_done_callback(self._streams.discard)
+        return None
+
+    async def _serve_stream(self, stream: SseStream, request: StreamRequest, identity: Identity, ip: str) -> None:
+        hub = self.hub
+        peer = SsePeer(stream, request.channels, self.config.close_timeout, hub.new_id, hub.wall)
+        session = hub.open_session(peer, identity, ip, SSE)
+        try:
+            for channel, position in zip(request.channels, request.positions):
+                if not session.open:
+                    break
+                if not await hub.subscribe(session, channel, position) and session.open:
+                    # The broker failed (the stream got an `unavailable` error event): end it, so the
+                    # client reconnects with its Last-Event-ID instead of missing a channel.
+                    hub.close(session, CloseCode.INTERNAL_ERROR, "broker unavailable: reconnect")
+            interval = self.config.ping_interval
+            while not stream.closed.done():
+                if interval is None:
+                    await stream.closed
+                    break
+                try:
+                    await asyncio.wait_for(asyncio.shield(stream.closed), interval)
+                except asyncio.TimeoutError:
+                    if session.open and peer.heartbeat(HEARTBEAT) > self.config.max_outgoing_buffer:
+                        hub.cut_off_slow(session)
+        except asyncio.CancelledError:
+            stream.transport.abort()
+            raise
+        except Exception:
+            log.exception("SSE stream failed")
+            self.telemetry.error("internal")
+            hub.close(session, CloseCode.INTERNAL_ERROR)
+        finally:
+            self._per_ip.release(ip)
+            await hub.close_session(session, close_code(stream, session.close_code))
 
 
 def _ip(connection: ServerConnection) -> str:

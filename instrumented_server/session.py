@@ -16,6 +16,10 @@ from instrumented_server.protocol import Recover
 from instrumented_server.ratelimit import TokenBucket
 
 
+WEBSOCKET = "websocket"
+SSE = "sse"  # a one-way Server-Sent Events stream: no commands, no token refresh
+
+
 class Peer(Protocol):
     def write(self, frames: list[bytes]) -> int:
         """Write whole text frames in order; return the bytes still buffered for this peer."""
@@ -46,12 +50,14 @@ class Subscription:
 class Session:
     __slots__ = (
         "id", "peer", "ip", "identity", "subscriptions", "outbox", "open", "close_code",
-        "bucket", "strikes", "protocol_errors", "suspended", "expiry_timer", "grace_timer",
+        "bucket", "strikes", "protocol_errors", "suspended", "expiry_timer", "grace_timer", "transport",
     )
 
-    def __init__(self, id: str, peer: Peer, ip: str, identity: Identity, bucket: TokenBucket) -> None:
+    def __init__(self, id: str, peer: Peer, ip: str, identity: Identity, bucket: TokenBucket,
+                 transport: str = WEBSOCKET) -> None:
         self.id = id
         self.peer = peer
+        self.transport = transport  # WEBSOCKET or SSE: how the hub encodes what it sends
         self.ip = ip
         self.identity = identity
         self.subscriptions: dict[str, Subscription] = {}

@@ -40,7 +40,7 @@ import pytest
 import yaml
 
 from alerts.pack import load_pack
-from exporter.catalog import MESSAGE_DURATION_SECONDS
+from exporter.catalog import ACTIVE_CONNECTIONS, FANOUT_MESSAGES_TOTAL, MESSAGE_DURATION_SECONDS
 from stack.renderers.jaeger import STORAGE_EXPORTER as JAEGER_STORE_EXPORTER
 from stack.renderers.rules import pack_value_expr
 from stack.spec import parse_duration
@@ -399,7 +399,8 @@ def scenario(stack: Stack):
 
     baseline_log = open(logs / "loadgen-baseline.log", "wb")
     baseline = subprocess.Popen(
-        loadgen_argv(stack.server_url, stack.jwt_secret, "--subscribers", "10", "--channels", "5", "--rate", "2",
+        loadgen_argv(stack.server_url, stack.jwt_secret, "--subscribers", "10", "--sse-subscribers", "5",
+                     "--channels", "5", "--rate", "2",
                      "--duration", "900", "--channel-prefix", "base"),
         stdout=baseline_log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
         start_new_session=True,
@@ -798,6 +799,24 @@ def test_spans_reach_jaeger_and_a_publish_trace_fetched_by_id_holds_its_deliveri
             deliveries += 1
             orphans += not (set(span.parents) & publishes)
     assert deliveries > 0 and orphans == 0, f"{orphans} of {deliveries} ws.deliver spans have no publish parent"
+
+
+def test_sse_streams_reach_prometheus_by_transport_and_jaeger_in_the_delivery_spans(stack: Stack,
+                                                                                    scenario: Record):
+    """The baseline load holds SSE streams (GET /sse) next to its WebSocket subscribers: their
+    connections and deliveries reach Prometheus with transport="sse", and the ws.deliver spans in
+    Jaeger count their recipients."""
+    window = f"{int(time.time() - stack.t0) + 60}s"
+    streams = stack.prometheus.value(
+        f'max(max_over_time({ACTIVE_CONNECTIONS.name}{{transport="sse"}}[{window}]))')
+    assert streams is not None and streams >= 5, f"SSE streams open at most: {streams}"
+    deliveries = stack.prometheus.value(f'sum(max_over_time({FANOUT_MESSAGES_TOTAL.name}{{transport="sse"}}[{window}]))')
+    assert deliveries is not None and deliveries > 0, f"SSE fan-out deliveries: {deliveries}"
+    traces = stack.jaeger.search(stack.service["name"], stack.t0, time.time(), limit=5000, operation="ws.deliver")
+    sse_recipients = [int(tag["value"]) for trace in traces for span in trace.get("spans", [])
+                      if span["operationName"] == "ws.deliver"
+                      for tag in span.get("tags", []) if tag["key"] == "ws.sse_recipients"]
+    assert sse_recipients and max(sse_recipients) >= 1, f"{len(traces)} delivery traces, SSE recipients {sse_recipients[:20]}"
 
 
 def test_grafana_jaeger_datasource_search_finds_the_service(stack: Stack, scenario: Record):

@@ -30,6 +30,9 @@ def exercise_every_hook(t) -> None:
     t.message_handled("publish", 0.003)
     t.messages_sent("message", 3, 100)
     t.fanout(3)
+    t.connection_opened("default", transport="sse")
+    t.messages_sent("message", 2, 100, transport="sse")
+    t.fanout(2, transport="sse")
     t.error("malformed")
     t.rate_limited("ip")
     t.subscriptions_changed("chat", 1)
@@ -72,14 +75,16 @@ def test_every_catalog_metric_is_registered_as_declared(telemetry):
 
 def test_precreated_label_values_exist_at_zero_from_the_start(telemetry):
     parsed = families(telemetry.exposition()[0].decode())
-    sent = {s.labels["type"]: s.value for s in parsed["websocket_messages_sent"].samples}
-    assert sent == {t: 0.0 for t in catalog.SERVER_MESSAGE_TYPES}
+    sent = {(s.labels["type"], s.labels["transport"]): s.value for s in parsed["websocket_messages_sent"].samples}
+    assert sent == {(t, transport): 0.0 for t in catalog.SERVER_MESSAGE_TYPES for transport in catalog.TRANSPORTS}
+    fanout = {s.labels["transport"]: s.value for s in parsed["websocket_fanout_messages"].samples}
+    assert fanout == {"websocket": 0.0, "sse": 0.0}
     received = {s.labels["type"]: s.value for s in parsed["websocket_messages_received"].samples}
     assert received == {t: 0.0 for t in catalog.CLIENT_MESSAGE_TYPES}
     durations = {s.labels["type"] for s in parsed["websocket_message_duration_seconds"].samples}
     assert durations == set(catalog.CLIENT_MESSAGE_TYPES)
-    closes = {s.labels["code"]: s.value for s in parsed["websocket_disconnections"].samples}
-    assert closes == {catalog.NORMAL_CLOSE_CODE: 0.0}
+    closes = {(s.labels["code"], s.labels["transport"]): s.value for s in parsed["websocket_disconnections"].samples}
+    assert closes == {(catalog.NORMAL_CLOSE_CODE, transport): 0.0 for transport in catalog.TRANSPORTS}
     # Broker lag: only the broker that runs has a series, from its first delivery on.
     assert not parsed["websocket_broker_lag_seconds"].samples
 
@@ -92,10 +97,38 @@ def test_declared_values_not_precreated_appear_on_first_use_and_share_the_series
     parsed = families(telemetry.exposition()[0].decode())
     brokers = {s.labels["broker"] for s in parsed["websocket_broker_lag_seconds"].samples}
     assert brokers == {"redis"}
-    closes = {s.labels["code"]: s.value for s in parsed["websocket_disconnections"].samples}
+    closes = {s.labels["code"]: s.value for s in parsed["websocket_disconnections"].samples
+              if s.labels["transport"] == "websocket"}
     assert closes == {"1000": 1.0}
-    sent = {s.labels["type"]: s.value for s in parsed["websocket_messages_sent"].samples}
+    sent = {s.labels["type"]: s.value for s in parsed["websocket_messages_sent"].samples
+            if s.labels["transport"] == "websocket"}
     assert sent["reconnect"] == 1.0 and "reconnect" not in catalog.SERVER_MESSAGE_TYPES
+
+
+def test_transport_label_keeps_websocket_and_sse_apart(telemetry):
+    telemetry.connection_opened("default")
+    telemetry.connection_opened("default", transport="sse")
+    telemetry.connection_opened("default", transport="sse")
+    telemetry.connection_closed("default", 1001, transport="sse")
+    telemetry.connection_rejected("auth_missing", transport="sse")
+    telemetry.messages_sent("message", 7, 50, transport="sse")
+    telemetry.messages_sent("message", 3, 50)
+    telemetry.fanout(7, transport="sse")
+    telemetry.fanout(3)
+    parsed = families(telemetry.exposition()[0].decode())
+
+    def by(family, *labels):
+        return {tuple(s.labels[label] for label in labels): s.value for s in parsed[family].samples}
+
+    assert by("websocket_active_connections", "transport") == {("websocket",): 1.0, ("sse",): 1.0}
+    disconnections = {key: value for key, value in by("websocket_disconnections", "code", "transport").items() if value}
+    assert disconnections == {("1001", "sse"): 1.0}
+    connections = by("websocket_connections", "status", "transport")
+    assert connections[("accepted", "sse")] == 2 and connections[("accepted", "websocket")] == 1
+    assert connections[("auth_missing", "sse")] == 1 and connections[("auth_missing", "websocket")] == 0
+    sent = by("websocket_messages_sent", "type", "transport")
+    assert sent[("message", "sse")] == 7 and sent[("message", "websocket")] == 3
+    assert by("websocket_fanout_messages", "transport") == {("websocket",): 3.0, ("sse",): 7.0}
 
 
 def test_exposition_bytes_after_a_fanout(telemetry):
@@ -103,10 +136,10 @@ def test_exposition_bytes_after_a_fanout(telemetry):
     telemetry.fanout(1000)
     text = telemetry.exposition()[0].decode()
     lines = [line for line in text.splitlines()
-             if line.startswith(("websocket_fanout_messages_total", 'websocket_messages_sent_total{type="message"}'))
+             if line.startswith(("websocket_fanout_messages_total", 'websocket_messages_sent_total{transport="websocket",type="message"}'))
              or ('direction="out"' in line)]
     assert lines == [
-        'websocket_messages_sent_total{type="message"} 1000.0',
+        'websocket_messages_sent_total{transport="websocket",type="message"} 1000.0',
         'websocket_message_size_bytes_bucket{direction="out",le="64.0"} 0.0',
         'websocket_message_size_bytes_bucket{direction="out",le="256.0"} 1000.0',
         'websocket_message_size_bytes_bucket{direction="out",le="1024.0"} 1000.0',
@@ -118,7 +151,8 @@ def test_exposition_bytes_after_a_fanout(telemetry):
         'websocket_message_size_bytes_bucket{direction="out",le="+Inf"} 1000.0',
         'websocket_message_size_bytes_count{direction="out"} 1000.0',
         'websocket_message_size_bytes_sum{direction="out"} 100000.0',
-        "websocket_fanout_messages_total 1000.0",
+        'websocket_fanout_messages_total{transport="websocket"} 1000.0',
+        'websocket_fanout_messages_total{transport="sse"} 0.0',
     ]
 
 
@@ -126,8 +160,8 @@ def test_two_instances_do_not_share_a_registry():
     a, b = instrumented(), instrumented()
     try:
         a.fanout(5)
-        assert b"websocket_fanout_messages_total 0.0" in b.exposition()[0]
-        assert b"websocket_fanout_messages_total 5.0" in a.exposition()[0]
+        assert b'websocket_fanout_messages_total{transport="websocket"} 0.0' in b.exposition()[0]
+        assert b'websocket_fanout_messages_total{transport="websocket"} 5.0' in a.exposition()[0]
         assert a.registry is not b.registry
     finally:
         a.shutdown(1)
@@ -177,9 +211,11 @@ def test_unknown_label_values_stay_bounded(telemetry):
     assert received["other"] == 1 and "no-such-type" not in received
     errors = {s.labels["reason"]: s.value for s in parsed["websocket_errors"].samples}
     assert errors["internal"] == 1 and "no-such-reason" not in errors
-    statuses = {s.labels["status"]: s.value for s in parsed["websocket_connections"].samples}
+    statuses = {s.labels["status"]: s.value for s in parsed["websocket_connections"].samples
+                if s.labels["transport"] == "websocket"}
     assert statuses["error"] == 1
-    codes = {s.labels["code"]: s.value for s in parsed["websocket_disconnections"].samples}
+    codes = {s.labels["code"]: s.value for s in parsed["websocket_disconnections"].samples
+             if s.labels["transport"] == "websocket"}
     # The cap's worth of codes, the pre-created normal close (unused here) and the overflow.
     assert len(codes) == MAX_OPEN_LABEL_VALUES + 2 and codes[catalog.NORMAL_CLOSE_CODE] == 0
     assert codes["other"] == 50
@@ -190,7 +226,7 @@ def test_hooks_never_raise_into_the_service(telemetry, caplog):
     telemetry.message_received("publish", "not a size")  # a bug in the caller, not a crash
     telemetry.subscriptions_changed("chat", None)
     telemetry.messages_sent("message", -4, 10)  # ignored: counters only go up
-    assert b'websocket_messages_sent_total{type="message"} 0.0' in telemetry.exposition()[0]
+    assert b'websocket_messages_sent_total{transport="websocket",type="message"} 0.0' in telemetry.exposition()[0]
     assert any("telemetry hook" in r.getMessage() for r in caplog.records)
 
 

@@ -66,7 +66,9 @@ def metric_samples(text: str) -> dict[tuple, float]:
 
 
 def value(samples: dict, name: str, **labels) -> float:
-    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+    """The sum of ``name``'s series carrying ``labels`` (others, such as transport, summed over)."""
+    wanted = set(labels.items())
+    return sum(v for (n, series), v in samples.items() if n == name and wanted <= set(series))
 
 
 async def eventually(check, timeout: float = DEADLINE, what: str = "condition"):
@@ -550,6 +552,9 @@ async def test_the_alert_pack_slos_and_dashboards_select_the_socketio_series(cha
     series = [(s.name, s.labels) for f in text_string_to_metric_families(await chat.scrape()) for s in f.samples]
 
     names = {m.name for m in (*catalog.CATALOG, *catalog.SOCKETIO_CATALOG)}  # the disconnect reasons panel too
+    # Broker lag appears with the broker that runs, and this server runs none (not pre-created, so no
+    # panel draws a NaN line for it); test_two_processes_behind_the_redis_manager sees it with Redis.
+    names.discard(catalog.BROKER_LAG_SECONDS.name)
     bundle = render_bundle(load_spec_file(REPO / "tests/stack/specs/socketio-chat.yaml"))
     checked = 0
     for expr in _queries(bundle):

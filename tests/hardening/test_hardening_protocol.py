@@ -217,9 +217,9 @@ def test_attacks_get_their_answers_in_time_and_spare_well_behaved_clients(tmp_pa
     assert figures["during"]["p99_ms"] < max(P99_BOUND_MS, LOADED_FACTOR * figures["before"]["p99_ms"]), figures
     # Memory stayed bounded, and the server counted what happened to the attackers.
     assert rss.peak - baseline < RSS_BOUND, (baseline, rss.peak)
-    assert metrics['websocket_active_connections{namespace="default"}'] == 0
+    assert metrics['websocket_active_connections{namespace="default",transport="websocket"}'] == 0
     for code in (1003, 1007, 1008, 1009, 4005, 4008):
-        assert metrics[f'websocket_disconnections_total{{code="{code}"}}'] > 0, code
+        assert metrics[f'websocket_disconnections_total{{code="{code}",transport="websocket"}}'] > 0, code
 
 
 def _tally(results: list) -> dict[str, int]:

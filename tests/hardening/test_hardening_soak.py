@@ -85,7 +85,7 @@ def test_soak_holds_its_load_and_memory(tmp_path):
     assert report["published"] >= 0.9 * RATE * SOAK_SECONDS
     assert report["missing"] == 0 and report["out_of_order"] == 0 and not report.get("duplicates")
     assert report.get("reconnects", 0) > 0  # the churn happened
-    assert metrics['websocket_active_connections{namespace="default"}'] == 0  # every session was closed
+    assert metrics['websocket_active_connections{namespace="default",transport="websocket"}'] == 0  # every session was closed
     assert sum(v for k, v in metrics.items() if k.startswith("websocket_subscriptions{")) == 0
     assert per_hour < LEAK_MIB_PER_HOUR, f"RSS grows {per_hour:.0f} MiB/h after warm-up"
 

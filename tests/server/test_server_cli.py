@@ -121,7 +121,8 @@ def test_server_and_loadgen_processes_with_every_fault(processes, secret_file):
     assert report["reconnects"] >= 1  # the reset subscribers came back
 
     metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    for line in ('websocket_connections_total{status="auth_missing"}', 'websocket_disconnections_total{code="4008"}',
+    for line in ('websocket_connections_total{status="auth_missing",transport="websocket"}',
+                 'websocket_disconnections_total{code="4008",transport="websocket"}',
                  'websocket_rate_limited_total{scope="connection"}', 'websocket_reconnects_total{outcome="replayed"}',
                  'websocket_errors_total{reason="invalid_utf8"}'):
         value = next(l for l in metrics.splitlines() if l.startswith(line)).split()[-1]

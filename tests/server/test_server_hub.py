@@ -349,7 +349,7 @@ async def test_close_session_forgets_everything(hub):
     await send(hub, session, "subscribe", {"channel": "chat:x"})
     await hub.close_session(session, 1006)
     assert hub.sessions == {} and hub.channels == {}
-    assert hub.telemetry.named("connection_closed") == [("default", 1006)]
+    assert hub.telemetry.named("connection_closed") == [("default", 1006, "websocket")]
     deltas = hub.telemetry.named("subscriptions_changed")
     assert sum(d for _, d in deltas) == 0
     assert await hub.broker.presence("room") == {}

@@ -253,8 +253,8 @@ async def test_metrics_endpoint_serves_the_exposition_and_counts_traffic():
             text = body.decode()
             assert status == 200 and headers["Content-Type"].startswith("text/plain")
             assert 'websocket_messages_received_total{type="publish"} 1.0' in text
-            assert 'websocket_connections_total{status="auth_missing"} 1.0' in text
-            assert "websocket_fanout_messages_total 1.0" in text
+            assert 'websocket_connections_total{status="auth_missing",transport="websocket"} 1.0' in text
+            assert 'websocket_fanout_messages_total{transport="websocket"} 1.0' in text
             status, headers, _ = await http_get(server.port, "/metrics", {"Accept": "application/openmetrics-text"})
             assert headers["Content-Type"].startswith("application/openmetrics-text")
     finally:

@@ -245,6 +245,12 @@ def panels_using(model: dict, metric: catalog.Metric) -> list[dict]:
         (catalog.FANOUT_MESSAGES_TOTAL, None),
         (catalog.BROKER_LAG_SECONDS, "broker"),
         (catalog.SOCKETIO_DISCONNECTIONS_TOTAL, "reason"),
+        # WebSocket and SSE apart where the transport matters
+        (catalog.ACTIVE_CONNECTIONS, "transport"),
+        (catalog.CONNECTIONS_TOTAL, "transport"),
+        (catalog.DISCONNECTIONS_TOTAL, "transport"),
+        (catalog.MESSAGES_SENT_TOTAL, "transport"),
+        (catalog.FANOUT_MESSAGES_TOTAL, "transport"),
     ],
 )
 def test_websocket_dashboard_shows(metric, grouped_by):
