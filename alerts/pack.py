@@ -18,12 +18,10 @@ from functools import lru_cache
 from importlib import resources
 from typing import Any, Mapping
 
-import yaml
-
 from exporter import catalog
 from exporter.catalog import Metric
 from stack.durations import parse_duration
-from stack.promtext import template_problems
+from stack.promtext import load_yaml, template_problems
 
 KINDS = ("up", "missing_metrics", "ratio", "quantile", "gauge", "rate", "busy", "predict_linear", "changes", "probe")
 # Components a group of alerts needs (pack.yaml `requires`): without them, the group is left out.
@@ -275,7 +273,7 @@ _TOKENS = {"threshold", "for", "window"}
 
 def _read(name: str) -> dict:
     text = resources.files("alerts").joinpath(name).read_text(encoding="utf-8")
-    data = yaml.safe_load(text)
+    data = load_yaml(text)
     if not isinstance(data, dict):
         raise PackError(f"alerts/{name}: expected a mapping at the top")
     return data

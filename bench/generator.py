@@ -9,6 +9,11 @@ the shared machine hits every command alike; the table gives the median wall tim
 child's ``ru_maxrss``). Specs: the embedded default (no SPEC argument), and a generated spec of
 100 services and 50 SLOs (the default's service and 2 SLOs, plus 99 scraped services and 48 SLOs,
 availability and latency alternately). Ratios are against the floor measured in the same run.
+
+Children run as an installed obsgen does: with Python's bytecode cache (pip compiles ``.pyc``
+files on install), kept in ``.cache/bench/pycache`` (``PYTHONPYCACHEPREFIX``) and filled by one
+unmeasured run first, even when the environment sets ``PYTHONDONTWRITEBYTECODE``.
+``--no-bytecode-cache`` measures every child compiling its modules from source instead.
 """
 
 from __future__ import annotations
@@ -29,6 +34,7 @@ import yaml
 import harness
 
 RENDER_TARGET_SECONDS = 1.0  # the issue's target for the 100-service spec
+DEFAULT_RENDER_TARGET_SECONDS = 0.5  # and for the default spec
 
 
 def generated_spec(services: int = 100, slos: int = 50) -> dict:
@@ -55,11 +61,21 @@ def generated_spec(services: int = 100, slos: int = 50) -> dict:
     return spec
 
 
+CHILD_ENV: dict[str, str] | None = None  # None: this process's environment
+
+
+def bytecode_cache_env() -> dict[str, str]:
+    """The environment with Python's bytecode cache on, kept out of the source tree."""
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONDONTWRITEBYTECODE"}
+    env["PYTHONPYCACHEPREFIX"] = str(harness.REPO / ".cache" / "bench" / "pycache")
+    return env
+
+
 def run_child(argv: list[str]) -> tuple[float, float]:
     """Wall seconds and CPU seconds of one child process."""
     before = resource.getrusage(resource.RUSAGE_CHILDREN)
     started = time.perf_counter()
-    proc = subprocess.run(argv, capture_output=True, text=True, cwd=harness.REPO)
+    proc = subprocess.run(argv, capture_output=True, text=True, cwd=harness.REPO, env=CHILD_ENV)
     wall = time.perf_counter() - started
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     if proc.returncode != 0:
@@ -71,7 +87,14 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="one run of each (CI smoke run)")
     parser.add_argument("--runs", type=int, help="runs of each command (default 5; quick 1)")
+    parser.add_argument("--no-bytecode-cache", action="store_true",
+                        help="children compile every module from source (as with PYTHONDONTWRITEBYTECODE=1)")
     args = parser.parse_args(argv)
+    global CHILD_ENV
+    if args.no_bytecode_cache:
+        CHILD_ENV = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    else:
+        CHILD_ENV = bytecode_cache_env()
     runs = args.runs or (1 if args.quick else 5)
     started = harness.machine()
     obsgen = [sys.executable, "-m", "stack"]  # the same entry point as the `obsgen` console script
@@ -85,8 +108,13 @@ def main(argv: list[str] | None = None) -> int:
             "obsgen render (default spec)": obsgen + ["render", "--out", str(work / "out-default")],
             "obsgen render (100 services, 50 SLOs)": obsgen + ["render", str(spec_path), "--out", str(work / "out-100")],
         }
+        commands["obsgen render --check (100 services, 50 SLOs)"] = obsgen + [
+            "render", str(spec_path), "--check", "--out", str(work / "out-100")]
         samples: dict[str, list[tuple[float, float]]] = {name: [] for name in commands}
         files: dict[str, int] = {}
+        for command in commands.values():  # unmeasured: fills the bytecode cache, renders out-100 for --check
+            if "--check" not in command:
+                run_child(command)
         for round_ in range(runs):
             for name, command in commands.items():
                 wall, cpu = run_child(command)
@@ -111,8 +139,13 @@ def main(argv: list[str] | None = None) -> int:
     harness.print_table(f"Generator, median of {runs} run(s) per command",
                         ["command", "files", "wall s", "CPU s", "wall vs floor", "CPU vs floor", "peak RSS MiB"], rows)
     big = statistics.median(v[0] for v in samples["obsgen render (100 services, 50 SLOs)"])
-    verdict = "met" if big < RENDER_TARGET_SECONDS else "not met"
-    print(f"target: render of the 100-service spec under {RENDER_TARGET_SECONDS:g} s wall: {verdict} ({big:.2f} s)")
+    small = statistics.median(v[0] for v in samples["obsgen render (default spec)"])
+    for what, seconds, target in (("the 100-service spec", big, RENDER_TARGET_SECONDS),
+                                  ("the default spec", small, DEFAULT_RENDER_TARGET_SECONDS)):
+        verdict = "met" if seconds < target else "not met"
+        print(f"target: render of {what} under {target:g} s wall: {verdict} ({seconds:.2f} s)")
+    print("bytecode cache: " + ("off (every module compiled from source)" if args.no_bytecode_cache
+                                else f"on ({CHILD_ENV['PYTHONPYCACHEPREFIX']})"))
     harness.print_machine(started, harness.command_line())
     return 0
 
@@ -125,7 +158,7 @@ def child_peaks(commands: dict[str, list[str]]) -> dict[str, int]:
              "print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss)")
     for name, command in commands.items():
         out = subprocess.run([sys.executable, "-c", probe, *command], capture_output=True, text=True,
-                             cwd=harness.REPO, check=True).stdout
+                             cwd=harness.REPO, check=True, env=CHILD_ENV).stdout
         peaks[name] = int(out.strip()) * 1024
     return peaks
 

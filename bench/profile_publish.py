@@ -10,7 +10,10 @@ subscribers (the fan-out dominates), and one publish per tick into a channel of 
 
 1. Without a profiler, the server CPU per publish (from the OS) for instrumented_server with
    telemetry off (b), fully on (c, every trace kept) and with 1% of traces kept: the difference
-   is what telemetry costs per publish.
+   is what telemetry costs per publish. Per thread too (``/proc/<pid>/task``): the event loop's
+   thread, and the others together (the span and log export threads), with the voluntary
+   context switches per publish of each: a thread that waits for the GIL sleeps on it, so GIL
+   waits show up as more voluntary switches than without telemetry.
 2. With py-spy attached from outside (every thread; waiting frames such as epoll and condition
    waits left out), --rounds recordings per scenario, saved as raw stacks (``--out``, default
    ``.cache/bench/``). The tables give each area's and function's share of self time as the median
@@ -24,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import pstats
 import re
 import statistics
@@ -58,6 +62,38 @@ AREAS = (
 )
 # Leaf frames that wait rather than run: py-spy does not always see these threads as idle.
 IDLE = (("select", "/selectors.py"), ("wait", "/threading.py"), ("_wait_for_tstate_lock", "/threading.py"))
+
+
+def thread_times(pid: int) -> dict[str, tuple[float, int]]:
+    """CPU seconds and voluntary context switches of each thread of ``pid``, by thread id."""
+    ticks = os.sysconf("SC_CLK_TCK")
+    threads = {}
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        try:
+            stat = (task / "stat").read_text()
+            fields = stat[stat.rindex(")") + 2:].split()
+            switches = next(int(line.split()[1]) for line in (task / "status").read_text().splitlines()
+                            if line.startswith("voluntary_ctxt_switches"))
+        except (OSError, StopIteration, ValueError):
+            continue  # the thread ended meanwhile
+        threads[task.name] = ((int(fields[11]) + int(fields[12])) / ticks, switches)
+    return threads
+
+
+def per_thread(pid: int, before: dict, after: dict, us_per_publish: float) -> tuple[float, float, float, float]:
+    """(event loop thread µs, other threads µs, loop switches, other switches) per publish.
+
+    The snapshots also span the scenario's warm-up, so publishes are counted from the CPU
+    they took (``us_per_publish``, measured over the scenario's own window)."""
+    main = [0.0, 0.0]
+    other = [0.0, 0.0]
+    for tid, (cpu, switches) in after.items():
+        cpu0, switches0 = before.get(tid, (0.0, 0))
+        bucket = main if tid == str(pid) else other
+        bucket[0] += cpu - cpu0
+        bucket[1] += switches - switches0
+    publishes = max(1e6 * (main[0] + other[0]) / max(us_per_publish, 1e-9), 1e-9)
+    return 1e6 * main[0] / publishes, 1e6 * other[0] / publishes, main[1] / publishes, other[1] / publishes
 
 
 def area(file: str) -> str:
@@ -157,8 +193,11 @@ async def drive(work: Workdir, target: harness.Target, scenarios, seconds: float
                     record_rounds(target.process.pid, rounds, seconds / rounds, out / f"profile-{target.key}-{name}"))
                 await asyncio.sleep(0.3)  # attached before the traffic starts
             # Traffic for as long as the recordings last (each py-spy attach takes a moment).
+            before = thread_times(target.process.pid)
             cell = await measure(target, pool, publisher, channel, size, burst,
                                  seconds + 0.6 * rounds if use_py_spy else seconds)
+            after = thread_times(target.process.pid)
+            cell.threads = per_thread(target.process.pid, before, after, cell.server_us * cell.size)
             log(f"[{target.key}] {name}: {cell.server_us:.2f} µs server CPU per delivery, {cell.rate:.0f} deliveries/s")
             summaries = [summarise_raw(raw) for raw in await recording] if recording is not None else []
             results[name] = (summaries, cell)
@@ -203,6 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     variants = [("b", "b: --no-telemetry", []), ("c", "c: full, sampling 1.0", []),
                 ("c", "c: sampling 0.01", ["--trace-sample-ratio", "0.01"])]
     per_publish: dict[tuple[str, str], float] = {}
+    threads: dict[tuple[str, str], tuple[float, float, float, float]] = {}
     for key, label, extra in variants:
         with Workdir() as work:
             target = harness.TARGETS[key](work, extra=extra)
@@ -211,6 +251,7 @@ def main(argv: list[str] | None = None) -> int:
                                       args.client))
         for name, (_, cell) in cells.items():
             per_publish[(label, name)] = cell.server_us * cell.size
+            threads[(label, name)] = cell.threads
 
     # 2. Where the time goes: the profile.
     prof_path = args.out / f"profile-{args.target}.cprofile"
@@ -248,6 +289,11 @@ def main(argv: list[str] | None = None) -> int:
     harness.print_table(
         "Server CPU per publish, µs (fan-out included), without a profiler: what telemetry adds",
         ["scenario", *[label for _, label, _ in variants], "telemetry (full)", "telemetry (0.01)"], rows)
+    harness.print_table(
+        "Per thread, per publish: CPU µs and voluntary context switches (event loop thread; the others: export threads)",
+        ["scenario", "variant", "loop µs", "others µs", "loop switches", "others switches"],
+        [(name, label, *threads[(label, name)]) for name, *_ in scenarios for _, label, _ in variants
+         if (label, name) in threads])
     harness.print_machine(started, harness.command_line())
     return 0
 

@@ -17,8 +17,7 @@ import re
 from functools import lru_cache
 from importlib import resources
 
-import yaml
-
+from stack.promtext import load_yaml
 
 MAX_UID_LENGTH = 40  # Grafana refuses longer dashboard uids
 UID_PATTERN = r"^[a-zA-Z0-9_-]{1,40}$"  # what Grafana accepts as a dashboard uid
@@ -56,7 +55,7 @@ def builtin_titles() -> tuple[str, ...]:
     titles = []
     for entry in sorted(resources.files("dashboards").iterdir(), key=lambda e: e.name):
         if entry.name.endswith(".yaml"):
-            document = yaml.safe_load(entry.read_text(encoding="utf-8")) or {}
+            document = load_yaml(entry.read_text(encoding="utf-8")) or {}
             titles.append(str(document.get("title", "")))
     return tuple(titles)
 

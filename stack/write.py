@@ -107,14 +107,14 @@ def write_bundle(bundle: Mapping[str, bytes], out_dir: str | os.PathLike) -> Pat
 
 def _write_tree(bundle: Mapping[str, bytes], root: Path) -> None:
     os.chmod(root, 0o755)
-    for path, data in bundle.items():
-        _write_file(root, path, data)
-    _write_file(root, MANIFEST, manifest_text(bundle).encode("utf-8"))
+    written = [_write_file(root, path, data) for path, data in bundle.items()]
+    written.append(_write_file(root, MANIFEST, manifest_text(bundle).encode("utf-8")))
     for directory, _subdirs, _files in os.walk(root):
         os.chmod(directory, 0o755)
+    _fsync_all(written)
 
 
-def _write_file(root: Path, path: str, data: bytes) -> None:
+def _write_file(root: Path, path: str, data: bytes) -> Path:
     target = root / path
     target.parent.mkdir(parents=True, exist_ok=True)
     mode = file_mode(path)
@@ -124,6 +124,28 @@ def _write_file(root: Path, path: str, data: bytes) -> None:
         view = memoryview(data)
         while view:
             view = view[os.write(fd, view):]
+    finally:
+        os.close(fd)
+    return target
+
+
+def _fsync_all(paths: list[Path]) -> None:
+    """Every file on disk before the swap, several at a time.
+
+    An fsync waits for the disk, not the CPU; issued together, the filesystem commits them
+    together (one ext4 journal commit for many files). One after another, 411 files took
+    0.7-1.7 s on a busy machine; eight at a time, 0.07-0.19 s (docs/performance.md).
+    """
+    from concurrent.futures import ThreadPoolExecutor  # only render writes: not imported by `import stack`
+
+    with ThreadPoolExecutor(max_workers=8, thread_name_prefix="fsync") as pool:
+        for _ in pool.map(_fsync, paths):
+            pass
+
+
+def _fsync(path: Path) -> None:
+    fd = os.open(path, os.O_WRONLY)
+    try:
         os.fsync(fd)
     finally:
         os.close(fd)

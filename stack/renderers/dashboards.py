@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_valida
 from exporter import catalog
 from stack import slos as slo_series
 from stack.dashboard_ids import MAX_UID_LENGTH, SLO_DASHBOARD_TITLE, UID_PATTERN, builtin_titles, uid_for
+from stack.promtext import load_yaml
 from stack.spec import SLO, CustomDashboard, Spec, grafana_promql_for_parsing, parse_duration
 
 SCHEMA_VERSION = 41  # Grafana 12's dashboard JSON schema; Grafana 13 still reads and migrates it
@@ -276,7 +277,7 @@ def builtin_definitions() -> tuple[DashboardDef, ...]:
             continue
         where = f"dashboards/{entry.name}"
         try:
-            definition = DashboardDef.model_validate(yaml.safe_load(entry.read_text(encoding="utf-8")))
+            definition = DashboardDef.model_validate(load_yaml(entry.read_text(encoding="utf-8")))
         except (yaml.YAMLError, ValidationError) as exc:
             raise DashboardDefinitionError(f"{where}: {exc}") from None
         if definition.uid is not None:

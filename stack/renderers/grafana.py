@@ -10,8 +10,6 @@ written ``$$``. Dashboard JSON files are not expanded and keep single ``$``.
 
 from __future__ import annotations
 
-import json
-
 import yaml
 
 from stack.renderers.dashboards import (
@@ -26,6 +24,7 @@ from stack.renderers.dashboards import (
     custom_definition,
     slo_definition,
 )
+from stack.jsondump import dump_json
 from stack.renderers.wiring import probes
 from stack.spec import Spec
 from stack.topology import Topology
@@ -196,7 +195,7 @@ def render(spec: Spec, topology: Topology) -> dict[str, str]:
         DASHBOARD_PROVIDERS_PATH: yaml.safe_dump(dashboard_providers(spec, topology), sort_keys=False),
     }
     for uid, model in dashboards(spec).items():
-        files[f"{DASHBOARDS_DIR}/{uid}.json"] = json.dumps(model, indent=2, sort_keys=True, ensure_ascii=False) + "\n"
+        files[f"{DASHBOARDS_DIR}/{uid}.json"] = dump_json(model) + "\n"  # = json.dumps(indent=2, sort_keys=True)
     return dict(sorted(files.items()))
 
 

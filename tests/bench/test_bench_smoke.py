@@ -261,6 +261,9 @@ def test_generator_quick():
     out = run_script("generator.py")
     rows = table_rows(out, "Generator,")
     assert [r[0] for r in rows] == ["python -c 'import stack' (floor)", "obsgen render (default spec)",
-                                    "obsgen render (100 services, 50 SLOs)"]
+                                    "obsgen render (100 services, 50 SLOs)",
+                                    "obsgen render --check (100 services, 50 SLOs)"]
     assert int(rows[2][1]) > int(rows[1][1]) > 0  # the bigger spec renders more files
     assert re.search(r"^target: render of the 100-service spec under 1 s wall: (met|not met)", out, re.M)
+    assert re.search(r"^target: render of the default spec under 0.5 s wall: (met|not met)", out, re.M)
+    assert re.search(r"^bytecode cache: on ", out, re.M)
