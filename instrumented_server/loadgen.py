@@ -709,14 +709,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def parse_faults(specs: Sequence[str]) -> dict[str, float]:
+def parse_faults(specs: Sequence[str], known: Sequence[str] = tuple(FAULTS)) -> dict[str, float]:
+    """``NAME[=RATE]`` options (RATE per second, default 1; ``all`` names every fault) -> rates."""
     faults: dict[str, float] = {}
     for spec in specs:
         name, _, rate_text = spec.partition("=")
-        names = list(FAULTS) if name == "all" else [name]
+        names = list(known) if name == "all" else [name]
         for one in names:
-            if one not in FAULTS:
-                raise ValueError(f"unknown fault {one!r}; known: {', '.join(FAULTS)}, all")
+            if one not in known:
+                raise ValueError(f"unknown fault {one!r}; known: {', '.join(known)}, all")
             try:
                 rate = float(rate_text) if rate_text else 1.0
             except ValueError:

@@ -28,6 +28,7 @@ from typing import Any, Sequence
 
 import socketio
 
+from instrumented_server import loadgen
 from instrumented_server.loadgen import LatencyHistogram
 
 FAULTS = {
@@ -216,19 +217,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def parse_faults(specs: Sequence[str]) -> dict[str, float]:
-    faults: dict[str, float] = {}
-    for spec in specs:
-        name, _, rate_text = spec.partition("=")
-        if name not in FAULTS:
-            raise ValueError(f"unknown fault {name!r}; known: {', '.join(FAULTS)}")
-        try:
-            rate = float(rate_text) if rate_text else 1.0
-        except ValueError:
-            raise ValueError(f"fault {spec!r}: the rate must be a number per second") from None
-        if rate <= 0:
-            raise ValueError(f"fault {spec!r}: the rate must be positive")
-        faults[name] = rate
-    return faults
+    return loadgen.parse_faults(specs, tuple(FAULTS))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -229,7 +229,11 @@ def test_the_local_target_listens_on_loopback_only(seed, tmp_path):
     code, output = run("render", str(REPO / "tests" / "stack" / "specs" / seed), "--target", "local",
                        "--out", str(out_dir))
     assert code == 0, output
-    wildcard = [path for path, data in files_under(out_dir).items() if b"0.0.0.0" in data or b"[::]" in data]
+    # local/spec.yaml is the spec as written, kept for `obsgen up` to re-render from: an image
+    # service's container command in it (socketio-chat.yaml binds 0.0.0.0 inside its container) is
+    # not something the local target starts.
+    wildcard = [path for path, data in files_under(out_dir).items()
+                if path != "local/spec.yaml" and (b"0.0.0.0" in data or b"[::]" in data)]
     assert wildcard == []
     grafana = next(p for p in yaml.safe_load((out_dir / "local" / "processes.yaml").read_text())["processes"]
                    if p["name"] == "grafana")
