@@ -129,7 +129,7 @@ def leading_comments(path: Path) -> str:
 
 
 def extract(objects: dict[str, list[dict]], bundle: Path, scratch: Path) -> list[str]:
-    """Write the PrometheusRule groups, their tests and the collector config in compose's layout
+    """Write the PrometheusRule groups, their tests, the collector config and the dashboards in compose's layout
     under ``scratch``; returns problems (a PrometheusRule without its file annotation)."""
     problems = []
     for path, objs in objects.items():
@@ -150,6 +150,13 @@ def extract(objects: dict[str, list[dict]], bundle: Path, scratch: Path) -> list
                 target = scratch / base.COLLECTOR_CONFIG
                 target.parent.mkdir(parents=True, exist_ok=True)
                 target.write_text((obj.get("data") or {}).get("config.yaml", ""), encoding="utf-8")
+            elif obj.get("kind") == "ConfigMap":
+                # Dashboards for Grafana's sidecar: the same JSON compose provisions, checked the same way.
+                for key, text in (obj.get("data") or {}).items():
+                    if key.endswith(".json") and "/" not in key:
+                        target = scratch / base.DASHBOARDS_GLOB.replace("*.json", key)
+                        target.parent.mkdir(parents=True, exist_ok=True)
+                        target.write_text(text, encoding="utf-8")
     tests = bundle / TESTS_DIR
     if tests.is_dir():
         shutil.copytree(tests, scratch / "prometheus" / "tests")
@@ -281,7 +288,8 @@ def run_checks(bundle: Path, api_server: ApiServer | None = None) -> list[base.C
         problems = extract(objects, bundle, scratch)
         results.append(base._own_result("PrometheusRule objects name their rule file", problems, "prometheus-rules/"))
         extracted = [base.check_promtool_rules(scratch), base.check_promtool_tests(scratch),
-                     base.check_pint(scratch), base.check_otelcol(scratch)]
+                     base.check_pint(scratch), base.check_otelcol(scratch), base.check_dashboard_uids(scratch),
+                     base.check_promql(scratch), base.check_grafana_schema(scratch)]
         charts, chart_problems = load_chart_values(bundle)
         jaeger_config = (charts.get("jaeger") or {}).get("userconfig")
         if jaeger_config is not None:

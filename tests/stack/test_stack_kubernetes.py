@@ -8,6 +8,7 @@ Refresh the golden folder after an intended change, then review its diff:
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import tempfile
@@ -17,7 +18,7 @@ import pytest
 import yaml
 
 from stack import check_kubernetes
-from stack.check import check_pint, format_report
+from stack.check import check_grafana_schema, check_pint, format_report
 from stack.check_bundle import run_checks
 from stack.load import load_default_spec, load_spec_file
 from stack.render import render_bundle
@@ -293,7 +294,7 @@ def test_every_spec_passes_the_kubernetes_checks(load, tmp_path, api_server):
     assert not failed, f"checks failed for {spec.project} (target kubernetes):\n{report}"
     names = {r.name for r in results}
     assert {"promtool check rules", "promtool test rules", "otelcol validate", "pint lint", "jaeger validate",
-            check_kubernetes.DRY_RUN} <= names
+            check_kubernetes.DRY_RUN, "dashboard uids", "PromQL parses", "Grafana dashboard schema"} <= names
 
 
 def test_obsgen_check_dispatches_a_kubernetes_bundle_and_starts_its_own_api_server(default_bundle, tmp_path):
@@ -409,6 +410,31 @@ def test_schema_check_refuses_an_unknown_field_and_a_wrong_type(default_bundle, 
     edit(deployment)
     _, problems = check_kubernetes.schema_problems({"d.yaml": [deployment]}, "1.36")
     assert len(problems) == 1 and expected in problems[0], problems
+
+
+def test_dashboard_config_maps_get_the_compose_dashboards_checks(default_bundle, tmp_path):
+    """The dashboards a kubernetes bundle ships as ConfigMaps are extracted and walked against
+    Grafana's types like compose's: an unknown panel field fails, the bundle as rendered passes."""
+    objects = {path: [yaml.safe_load(text)] for path, text in default_bundle.items()
+               if path.startswith("grafana/dashboard-")}
+    assert len(objects) == 3, sorted(objects)
+    scratch = tmp_path / "scratch"
+    assert check_kubernetes.extract(objects, tmp_path, scratch) == []
+    written = sorted(p.name for p in (scratch / "grafana" / "dashboards").glob("*.json"))
+    assert written == sorted(key for objs in objects.values() for key in objs[0]["data"]), written
+    if check_grafana_schema(scratch).status == "skipped":
+        missing_tool("grafana-foundation-sdk is not installed (pip install '.[test]')")
+    assert check_grafana_schema(scratch).status == "passed"
+    path = next(iter(objects))
+    (config_map,) = objects[path]
+    key = next(iter(config_map["data"]))
+    dashboard = json.loads(config_map["data"][key])
+    dashboard["panels"][0]["colour"] = "red"
+    config_map["data"][key] = json.dumps(dashboard)
+    broken = tmp_path / "broken"
+    check_kubernetes.extract(objects, tmp_path, broken)
+    result = check_grafana_schema(broken)
+    assert result.status == "failed" and "colour" in result.detail, result
 
 
 def test_kustomization_and_secret_problems():
