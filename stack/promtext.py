@@ -175,13 +175,19 @@ def humanize(value: float) -> str:
             prefix = unit
             value /= 1000
         return f"{_g4(value)}{prefix}"
+    value, prefix = _scaled_up(value)
+    return f"{_g4(value)}{prefix}"
+
+
+def _scaled_up(value: float) -> tuple[float, str]:
+    """A magnitude below 1 as Prometheus' humanize writes it: times 1000 per SI prefix (m, u, n, ...)."""
     prefix = ""
     for unit in ("m", "u", "n", "p", "f", "a", "z", "y"):
         if abs(value) >= 1:
             break
         prefix = unit
         value *= 1000
-    return f"{_g4(value)}{prefix}"
+    return value, prefix
 
 
 def humanize_percentage(value: float) -> str:
@@ -205,12 +211,7 @@ def humanize_duration(value: float) -> str:
         if minutes:
             return f"{sign}{minutes}m {seconds}s"
         return f"{sign}{_g4(value)}s"
-    prefix = ""
-    for unit in ("m", "u", "n", "p", "f", "a", "z", "y"):
-        if abs(value) >= 1:
-            break
-        prefix = unit
-        value *= 1000
+    value, prefix = _scaled_up(value)
     return f"{_g4(value)}{prefix}s"
 
 
